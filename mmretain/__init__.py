@@ -1,0 +1,34 @@
+"""mmretain: one KV-cache memory budget for vision-language models.
+
+Every cached entry (layer, KV head, position) gets a retention score; one ranking across
+layers, heads and modalities decides which entries stay.
+"""
+
+from . import attention as _attention  # registers the attention implementation
+from .budget import Budget, allocate
+from .cache import RetentionCache, RetentionStats
+from .config import RetentionConfig
+from .engine import RetentionRun, retain
+from .errors import MMRetainError, UnknownPolicyError, UnsupportedModelError
+from .policies import POLICIES, RetentionPolicy
+from .tags import Modality, TokenTags
+
+del _attention
+
+__all__ = [
+    "POLICIES",
+    "Budget",
+    "MMRetainError",
+    "Modality",
+    "RetentionCache",
+    "RetentionConfig",
+    "RetentionPolicy",
+    "RetentionRun",
+    "RetentionStats",
+    "TokenTags",
+    "UnknownPolicyError",
+    "UnsupportedModelError",
+    "allocate",
+    "retain",
+]
+__version__ = "0.1.0"

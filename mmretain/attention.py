@@ -1,0 +1,75 @@
+"""The attention function that reads `RetentionCache`'s ragged per-head storage.
+
+It is registered with transformers under ``ATTENTION_NAME`` and set on the text model only while
+a run is active. Each KV head attends over its own entries with SDPA; the causal mask comes
+from each entry's original position, so evicted entries are simply absent and later tokens
+keep the positions they would have had without eviction.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+from .cache import EMPTY
+from .errors import RetentionStateError
+
+ATTENTION_NAME = "mmretain"
+RUN_KWARG = "mmretain_run"
+HIDDEN_KWARG = "mmretain_hidden"
+# Query rows per SDPA call: bounds the [rows, entries] mask and logits of a long prefill.
+QUERY_BLOCK = 1024
+
+
+def causal_allowed(key_positions: torch.Tensor, query_positions: torch.Tensor) -> torch.Tensor:
+    """[b, q, L] bool: key is filled and not after the query. Rows with nothing allowed (a
+    padding query at the very start) attend everywhere, to stay finite, as transformers does."""
+    keys = key_positions[:, None, :]
+    allowed = (keys <= query_positions[None, :, None]) & (keys != EMPTY)
+    return allowed | ~allowed.any(dim=-1, keepdim=True)
+
+
+def retention_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    run = kwargs.get(RUN_KWARG)
+    if run is None:
+        raise RetentionStateError(
+            f"the {ATTENTION_NAME!r} attention implementation runs only inside mmretain.retain(); "
+            "restore the model's attention with model.set_attn_implementation('sdpa')"
+        )
+    layer = run.cache.layers[module.layer_idx]
+    b, n_query_heads, q, _ = query.shape
+    n_kv = len(layer.keys_by_head)
+    group = n_query_heads // n_kv
+    query_positions = torch.arange(layer.seen - q, layer.seen, device=query.device)
+    run.on_new_entries(module.layer_idx, kwargs.get(HIDDEN_KWARG), key)
+    outputs = []
+    for h in range(n_kv):
+        keys = layer.keys_by_head[h][:, None]
+        values = layer.values_by_head[h][:, None]
+        q_h = query[:, h * group : (h + 1) * group]
+        blocks = []
+        for start in range(0, q, QUERY_BLOCK):
+            rows = slice(start, min(q, start + QUERY_BLOCK))
+            mask = causal_allowed(layer.positions[h], query_positions[rows])[:, None]
+            blocks.append(
+                F.scaled_dot_product_attention(
+                    q_h[:, :, rows], keys, values, attn_mask=mask, dropout_p=dropout,
+                    scale=scaling, enable_gqa=True,
+                )
+            )
+        outputs.append(torch.cat(blocks, dim=2))
+    run.on_attention(module.layer_idx, query, query_positions, scaling)
+    return torch.cat(outputs, dim=1).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION_NAME, retention_attention)

@@ -1,0 +1,295 @@
+"""`RetentionCache`: a transformers `Cache` whose (layer, KV head) rows can be evicted for real.
+
+Each KV head of each layer is its own set of tensors, so heads may keep different numbers of
+entries and an evicted entry's memory is released, not hidden behind a mask. Next to every entry
+the cache keeps its original sequence position, its modality code and one float of policy state
+(the policy decides what that float means: accumulated attention, a gate's log-retention, ...).
+
+The cache stores; it never decides what to evict (see `mmretain.budget.allocate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from .errors import RetentionStateError
+from .tags import Modality
+
+EMPTY = -1  # position of a slot that holds no entry (batch padding, prompt padding)
+_POSITION_DTYPE = torch.int32
+_STATE_DTYPE = torch.float32
+_MODALITY_DTYPE = torch.int8
+METADATA_BYTES_PER_ENTRY = (
+    torch.empty((), dtype=_POSITION_DTYPE).element_size()
+    + torch.empty((), dtype=_STATE_DTYPE).element_size()
+    + torch.empty((), dtype=_MODALITY_DTYPE).element_size()
+)
+
+
+@dataclass
+class RetentionStats:
+    """What the cache holds and has seen. Entry counts are summed over the batch."""
+
+    tokens_seen: int = 0
+    entries_kept: int = 0
+    bytes_held: int = 0
+    peak_bytes_held: int = 0
+    bytes_full_cache: int = 0
+    kept_by_modality: dict[str, int] = field(default_factory=dict)
+    kept_by_layer: list[int] = field(default_factory=list)
+    kept_by_head: list[list[int]] = field(default_factory=list)
+    seen_by_modality: dict[str, int] = field(default_factory=dict)
+    evictions: int = 0
+
+    @property
+    def kv_fraction(self) -> float:
+        """Bytes held relative to a full cache of the same tokens."""
+        return self.bytes_held / self.bytes_full_cache if self.bytes_full_cache else 1.0
+
+
+@dataclass
+class Incoming:
+    """What the engine tells the cache about the tokens of the next forward call."""
+
+    modality: torch.Tensor  # int8 [b, q]
+    valid: torch.Tensor  # bool [b, q]; False for prompt padding
+
+
+class RetentionLayer(DynamicLayer):
+    """One decoder layer's cache: per KV head, keys/values [b, L_h, d] plus per-entry metadata.
+
+    ``update`` appends the new tokens to every head and returns the new states unchanged: the
+    mmretain attention function reads the ragged per-head storage directly, so no padded copy of
+    the whole cache is ever built.
+    """
+
+    def __init__(self, owner: RetentionCache):
+        super().__init__()
+        self.owner = owner
+        self.seen = 0
+        self.keys_by_head: list[torch.Tensor] = []
+        self.values_by_head: list[torch.Tensor] = []
+        self.positions: list[torch.Tensor] = []
+        self.state: list[torch.Tensor] = []
+        self.modality: list[torch.Tensor] = []
+        self.new_tokens = 0  # length of the latest update, so the attention function finds them
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        b, n_heads, _, d = key_states.shape
+        empty = key_states.new_empty((b, 0, d))
+        self.keys_by_head = [empty for _ in range(n_heads)]
+        self.values_by_head = [value_states.new_empty((b, 0, value_states.shape[-1]))] * n_heads
+        self.positions = [torch.empty((b, 0), dtype=_POSITION_DTYPE, device=self.device)] * n_heads
+        self.state = [torch.empty((b, 0), dtype=_STATE_DTYPE, device=self.device)] * n_heads
+        self.modality = [torch.empty((b, 0), dtype=_MODALITY_DTYPE, device=self.device)] * n_heads
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.owner.attached:
+            raise RetentionStateError(
+                "RetentionCache was used outside mmretain.retain(...): its ragged storage needs the "
+                "mmretain attention function; run the model inside `with mmretain.retain(model, cfg)`."
+            )
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        b, n_heads, q, _ = key_states.shape
+        incoming = self.owner.incoming_for(b, q, self.seen, key_states.device)
+        positions = torch.arange(self.seen, self.seen + q, dtype=_POSITION_DTYPE)
+        positions = positions.to(self.device).expand(b, q)
+        positions = torch.where(incoming.valid, positions, torch.full_like(positions, EMPTY))
+        for h in range(n_heads):
+            self.keys_by_head[h] = torch.cat([self.keys_by_head[h], key_states[:, h]], dim=1)
+            self.values_by_head[h] = torch.cat([self.values_by_head[h], value_states[:, h]], dim=1)
+            self.positions[h] = torch.cat([self.positions[h], positions], dim=1)
+            self.state[h] = torch.cat([self.state[h], positions.new_zeros(b, q, dtype=_STATE_DTYPE)], 1)
+            self.modality[h] = torch.cat([self.modality[h], incoming.modality], dim=1)
+        self.seen += q
+        self.new_tokens = q
+        self.owner.note_growth()
+        return key_states, value_states
+
+    # -- sizes ---------------------------------------------------------------------------------
+    def get_seq_length(self) -> int:
+        """Tokens seen, not entries stored: positions of later tokens must not shift."""
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        stored = max((k.shape[1] for k in self.keys_by_head), default=0)
+        return stored + query_length, self.seen - stored
+
+    def entries(self) -> int:
+        return sum(int((p != EMPTY).sum()) for p in self.positions)
+
+    def nbytes(self) -> int:
+        tensors = (self.keys_by_head, self.values_by_head, self.positions, self.state, self.modality)
+        return sum(t.numel() * t.element_size() for group in tensors for t in group)
+
+    # -- eviction ------------------------------------------------------------------------------
+    def keep(self, masks: list[torch.Tensor]) -> None:
+        """Keep the entries where ``masks[h]`` [b, L_h] is True; free the rest."""
+        for h, mask in enumerate(masks):
+            mask = mask & (self.positions[h] != EMPTY)
+            if mask.shape[0] == 1:
+                index = mask[0].nonzero().squeeze(1)
+                self._select(h, lambda t, index=index: t.index_select(1, index))
+                continue
+            # Rows keep different counts: pack kept entries to the left, pad to the longest row.
+            counts = mask.sum(1)
+            width = int(counts.max())
+            order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :width]
+            filled = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
+
+            def gather(t, order=order, filled=filled):
+                idx = order if t.dim() == 2 else order[..., None].expand(-1, -1, t.shape[-1])
+                out = t.gather(1, idx)
+                pad = filled if t.dim() == 2 else filled[..., None]
+                fill = EMPTY if t.dtype == _POSITION_DTYPE else 0
+                return torch.where(pad, out, torch.full_like(out, fill))
+
+            self._select(h, gather)
+
+    def _select(self, h: int, fn) -> None:
+        self.keys_by_head[h] = fn(self.keys_by_head[h]).contiguous()
+        self.values_by_head[h] = fn(self.values_by_head[h]).contiguous()
+        self.positions[h] = fn(self.positions[h]).contiguous()
+        self.state[h] = fn(self.state[h]).contiguous()
+        self.modality[h] = fn(self.modality[h]).contiguous()
+
+    def reset(self) -> None:
+        self.seen = 0
+        self.new_tokens = 0
+        self.keys_by_head, self.values_by_head = [], []
+        self.positions, self.state, self.modality = [], [], []
+        self.is_initialized = False
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise RetentionStateError(
+            "RetentionCache cannot be cropped (assisted decoding): evicted entries cannot be "
+            "rolled back. Generate without an assistant model inside mmretain.retain()."
+        )
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._reorder(indices)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        for h in range(len(self.keys_by_head)):
+            self._select(h, lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def _reorder(self, indices: torch.Tensor) -> None:
+        for h in range(len(self.keys_by_head)):
+            self._select(h, lambda t: t.index_select(0, indices.to(t.device)))
+
+
+class RetentionCache(Cache):
+    """A `Cache` for `generate` and plain forward calls whose entries can be evicted per head.
+
+    Build it with the number of decoder layers; layers fill in lazily at their first update.
+    ``incoming`` describes the tokens of the next forward (set by the engine); without it, new
+    tokens count as valid text (or generated, once the cache is not empty).
+    """
+
+    def __init__(self, num_layers: int):
+        super().__init__(layers=[])
+        self.layers = [RetentionLayer(self) for _ in range(num_layers)]
+        self.attached = False
+        self.incoming: Incoming | None = None
+        self.peak_bytes = 0
+        self.evictions = 0
+        self._seen_by_modality = torch.zeros(len(Modality), dtype=torch.long)
+
+    # -- what the engine tells the cache -------------------------------------------------------
+    def set_incoming(self, modality: torch.Tensor, valid: torch.Tensor) -> None:
+        self.incoming = Incoming(modality.to(_MODALITY_DTYPE), valid.to(torch.bool))
+        counts = torch.bincount(modality[valid].long().flatten().cpu(), minlength=len(Modality))
+        self._seen_by_modality += counts[: len(Modality)]
+
+    def incoming_for(self, b: int, q: int, seen: int, device: torch.device) -> Incoming:
+        inc = self.incoming
+        if inc is None or inc.modality.shape != (b, q):
+            code = Modality.GENERATED if seen else Modality.TEXT
+            modality = torch.full((b, q), int(code), dtype=_MODALITY_DTYPE)
+            inc = Incoming(modality, torch.ones(b, q, dtype=torch.bool))
+        return Incoming(inc.modality.to(device), inc.valid.to(device))
+
+    def note_growth(self) -> None:
+        self.peak_bytes = max(self.peak_bytes, self.nbytes())
+
+    # -- reads ---------------------------------------------------------------------------------
+    @property
+    def initialized_layers(self) -> list[RetentionLayer]:
+        return [layer for layer in self.layers if layer.is_initialized]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.layers[layer_idx].seen if layer_idx < len(self.layers) else 0
+
+    def entries(self) -> int:
+        return sum(layer.entries() for layer in self.layers)
+
+    def nbytes(self) -> int:
+        return sum(layer.nbytes() for layer in self.layers)
+
+    def bytes_per_entry(self) -> int:
+        """Bytes one (layer, head, position) entry costs: K + V + metadata."""
+        return self.kv_bytes_per_entry() + METADATA_BYTES_PER_ENTRY
+
+    def kv_bytes_per_entry(self) -> int:
+        layer = next(iter(self.initialized_layers), None)
+        if layer is None:
+            return 0
+        k, v = layer.keys_by_head[0], layer.values_by_head[0]
+        return k.shape[-1] * k.element_size() + v.shape[-1] * v.element_size()
+
+    @property
+    def stats(self) -> RetentionStats:
+        layers = self.initialized_layers
+        kept_by_head = [[int((p != EMPTY).sum()) for p in layer.positions] for layer in layers]
+        by_modality = torch.zeros(len(Modality), dtype=torch.long)
+        for layer in layers:
+            for p, m in zip(layer.positions, layer.modality, strict=True):
+                codes = m[p != EMPTY].long().cpu()
+                by_modality += torch.bincount(codes, minlength=len(Modality))[: len(Modality)]
+        batch = layers[0].keys_by_head[0].shape[0] if layers else 0
+        n_heads = sum(len(layer.keys_by_head) for layer in layers)
+        seen = self.get_seq_length()
+        return RetentionStats(
+            tokens_seen=seen,
+            entries_kept=sum(map(sum, kept_by_head)),
+            bytes_held=self.nbytes(),
+            peak_bytes_held=self.peak_bytes,
+            bytes_full_cache=seen * batch * n_heads * self.kv_bytes_per_entry(),
+            kept_by_modality={m.label: int(by_modality[m]) for m in Modality},
+            kept_by_layer=[sum(heads) for heads in kept_by_head],
+            kept_by_head=kept_by_head,
+            seen_by_modality={m.label: int(self._seen_by_modality[m]) for m in Modality},
+            evictions=self.evictions,
+        )
+
+    # -- writes --------------------------------------------------------------------------------
+    def keep(self, masks: list[list[torch.Tensor]]) -> None:
+        """Keep ``masks[layer][head]`` [b, L] entries everywhere, free the others."""
+        for layer, layer_masks in zip(self.initialized_layers, masks, strict=True):
+            layer.keep(layer_masks)
+        self.evictions += 1
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        for layer in self.initialized_layers:
+            layer._reorder(beam_idx)
+
+    def reset(self) -> None:
+        for layer in self.layers:
+            layer.reset()
+        self.incoming = None
+        self.peak_bytes = 0
+        self.evictions = 0
+        self._seen_by_modality.zero_()
+
+    @property
+    def is_compileable(self) -> bool:
+        # A compileable cache makes generate build 4-D masks itself; ours builds its own.
+        return False
