@@ -47,9 +47,31 @@ def test_parse_accepts_tokens_fractions_and_byte_sizes(given_value, kind, value)
 
 @pytest.mark.parametrize(
     "bad",
-    [0, -3, 0.0, -0.5, 1.5, 2.0, math.nan, math.inf, True, False, None, [1], "", "abc", "12XB",
-     "512 MiBs", "-5", "0B", "MiB", "1.2.3GiB", "1e3", "2.5"],
-)  # fmt: skip
+    [
+        0,
+        -3,
+        0.0,
+        -0.5,
+        1.5,
+        2.0,
+        math.nan,
+        math.inf,
+        True,
+        False,
+        None,
+        [1],
+        "",
+        "abc",
+        "12XB",
+        "512 MiBs",
+        "-5",
+        "0B",
+        "MiB",
+        "1.2.3GiB",
+        "1e3",
+        "2.5",
+    ],
+)
 def test_parse_rejects_bad_values_with_the_accepted_forms(bad):
     with pytest.raises(ValueError) as info:
         Budget.parse(bad)
@@ -99,9 +121,14 @@ def test_entries_of_a_byte_budget_divide_by_the_entry_size():
 
 @pytest.mark.parametrize(
     ("given_value", "text"),
-    [(1024, "1024 tokens"), (0.1, "0.1 of the tokens seen (10%)"), ("512MiB", "512 MiB"),
-     ("1.5GiB", "1.5 GiB"), ("100B", "100 B")],
-)  # fmt: skip
+    [
+        (1024, "1024 tokens"),
+        (0.1, "0.1 of the tokens seen (10%)"),
+        ("512MiB", "512 MiB"),
+        ("1.5GiB", "1.5 GiB"),
+        ("100B", "100 B"),
+    ],
+)
 def test_str_is_readable(given_value, text):
     assert str(Budget.parse(given_value)) == text
 
@@ -144,9 +171,11 @@ def test_layer_mode_gives_each_layer_its_share_remainder_to_the_lowest_layers():
     layer, head = _grid(3, 1, 4)
     keep = allocate(scores, layer, head, 5, mode="layer", n_layers=3, n_heads=1)
     assert keep.view(3, 4).sum(1).tolist() == [2, 2, 1]
-    assert keep.tolist() == [True, True, False, False] + [False, False, True, True] + [
-        True, False, False, False
-    ]  # fmt: skip
+    assert keep.view(3, 4).tolist() == [
+        [True, True, False, False],
+        [False, False, True, True],
+        [True, False, False, False],
+    ]
 
 
 def test_uniform_mode_gives_each_head_its_share_remainder_in_row_major_order():
@@ -206,10 +235,38 @@ def test_protected_entries_count_toward_a_cap_but_are_never_capped():
     protected = torch.tensor([True, True, False, False, False])
     layer, head = _grid(1, 1, 5)
     keep = allocate(
-        scores, layer, head, 4, n_layers=1, n_heads=1, protected=protected,
-        modality=modality, modality_caps={1: 1},
-    )  # fmt: skip
+        scores,
+        layer,
+        head,
+        4,
+        n_layers=1,
+        n_heads=1,
+        protected=protected,
+        modality=modality,
+        modality_caps={1: 1},
+    )
     assert keep.tolist() == [True, True, False, False, True]
+
+
+def test_caps_are_shared_by_all_layers_and_fill_in_score_order():
+    # Best first: two images and a video in layer 0, then two videos and a text in layer 1.
+    scores = torch.tensor([10.0, 9.0, 8.0, 4.0, 7.0, 6.0, 5.0])
+    layer = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    modality = torch.tensor([1, 1, 2, 0, 2, 2, 0], dtype=torch.int8)
+    keep = allocate(
+        scores,
+        layer,
+        torch.zeros(7, dtype=torch.long),
+        4,
+        mode="layer",
+        n_layers=2,
+        n_heads=1,
+        modality=modality,
+        modality_caps={1: 1, 2: 1},
+    )
+    # The image cap lets layer 0's video in ahead of layer 1's videos, which then find the
+    # video cap full.
+    assert keep.tolist() == [True, False, True, False, False, False, True]
 
 
 def test_rank_normalize_puts_heads_on_one_scale():
@@ -236,9 +293,15 @@ def test_too_many_protected_entries_in_one_layer_names_the_layer():
     protected[8:13] = True
     with pytest.raises(ValueError, match=r"layer 1's budget of 4 entries .* 5 protected"):
         allocate(
-            torch.rand(16), layer, head, 8, mode="layer", n_layers=2, n_heads=1,
+            torch.rand(16),
+            layer,
+            head,
+            8,
+            mode="layer",
+            n_layers=2,
+            n_heads=1,
             protected=protected,
-        )  # fmt: skip
+        )
 
 
 @pytest.mark.parametrize(
@@ -314,7 +377,10 @@ def _effective_scores(c) -> list[float]:
     scores = c["scores"].tolist()
     if not c["rank_normalize"]:
         return scores
-    heads = [lay * c["n_heads"] + h for lay, h in zip(c["layer"].tolist(), c["head"].tolist())]
+    heads = [
+        lay * c["n_heads"] + h
+        for lay, h in zip(c["layer"].tolist(), c["head"].tolist(), strict=True)
+    ]
     out = list(scores)
     for g in set(heads):
         members = [i for i in range(len(scores)) if heads[i] == g and scores[i] != -INF]
@@ -330,7 +396,7 @@ def _groups(c) -> list[int]:
         return [0] * len(layer)
     if c["mode"] == "layer":
         return layer
-    return [lay * c["n_heads"] + h for lay, h in zip(layer, head)]
+    return [lay * c["n_heads"] + h for lay, h in zip(layer, head, strict=True)]
 
 
 def _shares(c) -> list[int]:
@@ -346,11 +412,13 @@ def _reference(c) -> list[bool] | None:
     n = len(scores)
     present = [s != -INF for s in scores]
     protected = c["protected"].tolist() if c["protected"] is not None else [False] * n
-    protected = [p and q for p, q in zip(protected, present)]
+    protected = [p and q for p, q in zip(protected, present, strict=True)]
     modality = c["modality"].tolist()
     caps = c["modality_caps"] or {}
-    room = {m: cap - sum(p and modality[i] == m for i, p in enumerate(protected))
-            for m, cap in caps.items()}  # fmt: skip
+    room = {
+        m: cap - sum(p and modality[i] == m for i, p in enumerate(protected))
+        for m, cap in caps.items()
+    }
     uncapped_fit = all(
         sum(present[i] and not protected[i] and modality[i] == m for i in range(n)) <= max(r, 0)
         for m, r in room.items()
@@ -405,7 +473,7 @@ def test_allocate_properties(c):
     caps = c["modality_caps"] or {}
 
     # Empty slots never stay; protected entries never go.
-    assert not any(k and not p for k, p in zip(keep, present))
+    assert not any(k and not p for k, p in zip(keep, present, strict=True))
     assert all(keep[i] for i in range(n) if protected[i] and present[i])
 
     # Caps hold, except that protected entries are never dropped to meet one.
