@@ -165,7 +165,7 @@ def _rank_normalize(
     rank = _rank_in_group(present, s_group, n_groups)
     size = torch.bincount(s_group[present], minlength=n_groups)[s_group]
     normalized = torch.full(scores.shape, -math.inf, dtype=torch.float64, device=scores.device)
-    normalized[order[present]] = (size - rank - 1)[present].double() / size[present].double()
+    normalized[order[present]] = (size - rank)[present].double() / size[present].double()
     return normalized
 
 
@@ -218,8 +218,8 @@ def _check_inputs(
         for code, cap in modality_caps.items():
             if not 0 <= int(code) < 128 or cap < 0:
                 raise ValueError(f"modality cap {code}: {cap} must map a code 0..127 to >= 0")
-        if scores.numel() and int(modality.min()) < 0:
-            raise ValueError("modality codes must be >= 0")
+        if scores.numel() and not 0 <= int(modality.min()) <= int(modality.max()) < 128:
+            raise ValueError("modality codes must lie in 0..127")
 
 
 def allocate(

@@ -1,0 +1,85 @@
+"""Bad input gets a clear, typed error and leaves the model exactly as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import mmretain
+from mmretain.errors import UnknownPolicyError, UnsupportedModelError
+
+
+def hooks_of(model) -> set:
+    """Every hook function on the model (transformers adds some of its own on first use)."""
+    return {
+        (name, id(hook))
+        for name, m in model.named_modules()
+        for hook in [*m._forward_pre_hooks.values(), *m._forward_hooks.values()]
+    }
+
+
+def assert_untouched(model) -> None:
+    assert not any("RetentionRun" in repr(h) for m in model.modules() for h in m._forward_pre_hooks.values())
+    assert "forward" not in vars(model.model.language_model if hasattr(model.model, "language_model") else model.model)
+    assert "generate" not in vars(model)
+    text = model.config.get_text_config()
+    assert text._attn_implementation == "sdpa"
+
+
+def test_unsupported_model_names_supported_families():
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
+    with pytest.raises(UnsupportedModelError, match="Supported families: llava.*qwen2_vl.*Llama"):
+        with mmretain.retain(model, policy="snapkv", budget=64):
+            pass
+    assert hooks_of(model) == set()
+
+
+@pytest.mark.parametrize("budget", [0, -5, 0.0, "0MiB", "lots"])
+def test_nonpositive_or_unparsable_budget(vlm, budget):
+    with pytest.raises(ValueError, match="budget"):
+        mmretain.retain(vlm.model, policy="snapkv", budget=budget).__enter__()
+    assert_untouched(vlm.model)
+
+
+def test_budget_smaller_than_protection_states_numbers(vlm):
+    with pytest.raises(ValueError, match=r"budget of 20 tokens is smaller than the 36 protected"):
+        mmretain.retain(vlm.model, policy="snapkv", budget=20, sink=4, recent=32).__enter__()
+    assert_untouched(vlm.model)
+
+
+def test_current_turn_larger_than_budget_fails_cleanly(vlm):
+    """The turn is known only once the prompt arrives: the error comes from generate."""
+    inputs = vlm.prompt([30, "image", 30])
+    with pytest.raises(ValueError, match=r"smaller than the \d+ protected entries"):
+        with mmretain.retain(vlm.model, policy="snapkv", budget=24, recent=4):
+            vlm.model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert_untouched(vlm.model)
+    vlm.model.generate(**inputs, max_new_tokens=2, do_sample=False)  # still a working model
+
+
+def test_unknown_policy_lists_registered_names(vlm):
+    with pytest.raises(UnknownPolicyError, match="registered policies: .*fastv.*snapkv"):
+        mmretain.retain(vlm.model, policy="snapkvv", budget=64).__enter__()
+    assert_untouched(vlm.model)
+
+
+def test_unknown_allocation(llama):
+    with pytest.raises(ValueError, match="global, layer, uniform"):
+        mmretain.RetentionConfig(allocation="per-head")
+
+
+def test_error_inside_block_restores_model(vlm):
+    with pytest.raises(RuntimeError, match="boom"):
+        with mmretain.retain(vlm.model, policy="h2o", budget=64):
+            assert vlm.model.config.get_text_config()._attn_implementation == "mmretain"
+            raise RuntimeError("boom")
+    assert_untouched(vlm.model)
+    assert vlm.model.config.vision_config._attn_implementation == "sdpa"
+
+
+def test_cache_outside_retain_refuses(llama):
+    with mmretain.retain(llama.model, policy="snapkv", budget=64) as run:
+        cache = run.new_cache()
+    with pytest.raises(mmretain.MMRetainError, match="inside `with mmretain.retain"):
+        llama.model(input_ids=torch.tensor([[5, 6, 7]]), past_key_values=cache)
