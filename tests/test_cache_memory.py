@@ -75,5 +75,6 @@ def test_decoding_never_exceeds_budget_plus_buffer(llama):
             hook.remove()
     per_token = run.n_layers * run.n_heads
     assert max(seen_entries) <= (budget + buffer) * per_token
-    assert run.stats.evictions >= 40 // buffer - 2
+    # Past budget + buffer, every buffer + 1 decode steps bring the cache back to the budget.
+    assert run.stats.evictions == (run.stats.tokens_seen - budget - 1) // (buffer + 1)
     assert run.stats.entries_kept <= (budget + buffer) * per_token
