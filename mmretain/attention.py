@@ -47,7 +47,7 @@ def retention_attention(
             "restore the model's attention with model.set_attn_implementation('sdpa')"
         )
     layer = run.cache.layers[module.layer_idx]
-    b, n_query_heads, q, _ = query.shape
+    _, n_query_heads, q, _ = query.shape
     n_kv = len(layer.keys_by_head)
     group = n_query_heads // n_kv
     query_positions = torch.arange(layer.seen - q, layer.seen, device=query.device)
@@ -63,8 +63,13 @@ def retention_attention(
             mask = causal_allowed(layer.positions[h], query_positions[rows])[:, None]
             blocks.append(
                 F.scaled_dot_product_attention(
-                    q_h[:, :, rows], keys, values, attn_mask=mask, dropout_p=dropout,
-                    scale=scaling, enable_gqa=True,
+                    q_h[:, :, rows],
+                    keys,
+                    values,
+                    attn_mask=mask,
+                    dropout_p=dropout,
+                    scale=scaling,
+                    enable_gqa=True,
                 )
             )
         outputs.append(torch.cat(blocks, dim=2))

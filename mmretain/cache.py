@@ -56,6 +56,7 @@ class Incoming:
 
     modality: torch.Tensor  # int8 [b, q]
     valid: torch.Tensor  # bool [b, q]; False for prompt padding
+    prior: torch.Tensor | None = None  # float [b, q]: initial state, e.g. vision saliency
 
 
 class RetentionLayer(DynamicLayer):
@@ -93,8 +94,9 @@ class RetentionLayer(DynamicLayer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.owner.attached:
             raise RetentionStateError(
-                "RetentionCache was used outside mmretain.retain(...): its ragged storage needs the "
-                "mmretain attention function; run the model inside `with mmretain.retain(model, cfg)`."
+                "RetentionCache was used outside mmretain.retain(...): its ragged storage needs "
+                "the mmretain attention function; run the model inside "
+                "`with mmretain.retain(model, cfg)`."
             )
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
@@ -103,11 +105,16 @@ class RetentionLayer(DynamicLayer):
         positions = torch.arange(self.seen, self.seen + q, dtype=_POSITION_DTYPE)
         positions = positions.to(self.device).expand(b, q)
         positions = torch.where(incoming.valid, positions, torch.full_like(positions, EMPTY))
+        state = (
+            incoming.prior
+            if incoming.prior is not None
+            else positions.new_zeros(b, q, dtype=_STATE_DTYPE)
+        )
         for h in range(n_heads):
             self.keys_by_head[h] = torch.cat([self.keys_by_head[h], key_states[:, h]], dim=1)
             self.values_by_head[h] = torch.cat([self.values_by_head[h], value_states[:, h]], dim=1)
             self.positions[h] = torch.cat([self.positions[h], positions], dim=1)
-            self.state[h] = torch.cat([self.state[h], positions.new_zeros(b, q, dtype=_STATE_DTYPE)], 1)
+            self.state[h] = torch.cat([self.state[h], state], dim=1)
             self.modality[h] = torch.cat([self.modality[h], incoming.modality], dim=1)
         self.seen += q
         self.new_tokens = q
@@ -127,7 +134,13 @@ class RetentionLayer(DynamicLayer):
         return sum(int((p != EMPTY).sum()) for p in self.positions)
 
     def nbytes(self) -> int:
-        tensors = (self.keys_by_head, self.values_by_head, self.positions, self.state, self.modality)
+        tensors = (
+            self.keys_by_head,
+            self.values_by_head,
+            self.positions,
+            self.state,
+            self.modality,
+        )
         return sum(t.numel() * t.element_size() for group in tensors for t in group)
 
     # -- eviction ------------------------------------------------------------------------------
@@ -204,8 +217,10 @@ class RetentionCache(Cache):
         self._seen_by_modality = torch.zeros(len(Modality), dtype=torch.long)
 
     # -- what the engine tells the cache -------------------------------------------------------
-    def set_incoming(self, modality: torch.Tensor, valid: torch.Tensor) -> None:
-        self.incoming = Incoming(modality.to(_MODALITY_DTYPE), valid.to(torch.bool))
+    def set_incoming(
+        self, modality: torch.Tensor, valid: torch.Tensor, prior: torch.Tensor | None = None
+    ) -> None:
+        self.incoming = Incoming(modality.to(_MODALITY_DTYPE), valid.to(torch.bool), prior)
         counts = torch.bincount(modality[valid].long().flatten().cpu(), minlength=len(Modality))
         self._seen_by_modality += counts[: len(Modality)]
 
@@ -215,7 +230,8 @@ class RetentionCache(Cache):
             code = Modality.GENERATED if seen else Modality.TEXT
             modality = torch.full((b, q), int(code), dtype=_MODALITY_DTYPE)
             inc = Incoming(modality, torch.ones(b, q, dtype=torch.bool))
-        return Incoming(inc.modality.to(device), inc.valid.to(device))
+        prior = None if inc.prior is None else inc.prior.to(device, _STATE_DTYPE)
+        return Incoming(inc.modality.to(device), inc.valid.to(device), prior)
 
     def note_growth(self) -> None:
         self.peak_bytes = max(self.peak_bytes, self.nbytes())

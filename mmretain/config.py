@@ -50,12 +50,18 @@ class RetentionConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.chunk_tokens is not None and self.chunk_tokens <= 0:
-            raise ValueError(f"chunk_tokens must be a positive number of tokens, got {self.chunk_tokens}")
+            raise ValueError(
+                f"chunk_tokens must be a positive number of tokens, got {self.chunk_tokens}"
+            )
         self.parsed_budget = Budget.parse(self.budget)
-        if self.parsed_budget.kind == "tokens" and self.parsed_budget.value < self.sink + self.recent:
+        if (
+            self.parsed_budget.kind == "tokens"
+            and self.parsed_budget.value < self.sink + self.recent
+        ):
             raise ValueError(
                 f"budget of {int(self.parsed_budget.value)} tokens is smaller than the "
-                f"{self.sink + self.recent} protected tokens (sink={self.sink} + recent={self.recent}); "
+                f"{self.sink + self.recent} protected tokens "
+                f"(sink={self.sink} + recent={self.recent}); "
                 "raise the budget or lower sink/recent"
             )
         self.retention_policy = build_policy(self.policy, **self.policy_kwargs)

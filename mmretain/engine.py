@@ -25,8 +25,10 @@ from .attention import ATTENTION_NAME, HIDDEN_KWARG, RUN_KWARG
 from .budget import allocate
 from .cache import EMPTY, RetentionCache, RetentionStats
 from .config import RetentionConfig
+from .errors import RetentionStateError
 from .policies.base import LayerView, attention_probs
 from .tags import Modality, TokenTags
+from .vision_saliency import VISION_ATTENTION_NAME
 
 
 class RetentionRun:
@@ -43,6 +45,8 @@ class RetentionRun:
         self._handles: list[Any] = []
         self._patched: list[tuple[object, str]] = []
         self._saved_attention: str | None = None
+        self._saved_vision_attention: str | None = None
+        self._vision_tap = None
         self._pending_tags: TokenTags | None = None
         self._generate_inputs: dict[str, Any] = {}
         self._turn = (0, 0)
@@ -77,13 +81,33 @@ class RetentionRun:
             decoder = self.adapter.decoder
             self._patch(decoder, "forward", self._chunked_forward(decoder.forward))
             self._patch(self.model, "generate", self._fresh_cache_generate(self.model.generate))
+            if self.policy.uses_vision_saliency:
+                self._open_vision_tap()
             self.policy.bind(self.model)
             self.cache.attached = True
         except BaseException:
             self.remove()
             raise
 
+    def _open_vision_tap(self) -> None:
+        tap = self.adapter.vision_saliency_tap()
+        if tap is None:
+            raise ValueError(
+                f"policy {self.policy.name!r} ranks visual tokens by the vision encoder's "
+                f"attention, but {type(self.model).__name__} has no vision encoder; "
+                "use a text policy such as snapkv"
+            )
+        self._saved_vision_attention = self.adapter.vision_attention_implementation()
+        self.adapter.set_vision_attention_implementation(VISION_ATTENTION_NAME)
+        self._vision_tap = tap.__enter__()
+
     def remove(self) -> None:
+        if self._vision_tap is not None:
+            self._vision_tap.__exit__(None, None, None)
+            self._vision_tap = None
+        if self._saved_vision_attention is not None:
+            self.adapter.set_vision_attention_implementation(self._saved_vision_attention)
+            self._saved_vision_attention = None
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -148,11 +172,16 @@ class RetentionRun:
                 self._turn = (seen, seen + n)
             if seen == 0:
                 self._row_start = valid.to(torch.int8).argmax(dim=1).cpu()
+            prior = self._vision_prior(tags)
             chunk = self.config.chunk_tokens or n
             hidden = []
             for start in range(0, n, chunk):
                 end = min(n, start + chunk)
-                cache.set_incoming(tags.modality[:, start:end], valid[:, start:end])
+                cache.set_incoming(
+                    tags.modality[:, start:end],
+                    valid[:, start:end],
+                    None if prior is None else prior[:, start:end],
+                )
                 out = forward(**_slice_inputs(kwargs, start, end, n))
                 hidden.append(out.last_hidden_state)
                 self.maybe_evict(cache, decoding=n == 1)
@@ -167,6 +196,30 @@ class RetentionRun:
         if tags is not None and tuple(tags.shape) == (b, n):
             return tags
         return TokenTags.text(b, n, Modality.GENERATED if seen and n == 1 else Modality.TEXT)
+
+    def _vision_prior(self, tags: TokenTags) -> torch.Tensor | None:
+        """Vision-encoder saliency laid on the prompt's visual positions (images, then videos,
+        the order in which the encoder ran)."""
+        if self._vision_tap is None:
+            return None
+        saliency = self._vision_tap.take()
+        prior = torch.zeros(tags.shape)
+        visual = (tags.modality == int(Modality.IMAGE)) | (tags.modality == int(Modality.VIDEO))
+        if not bool(visual.any()):
+            return prior
+        order = torch.cat(
+            [
+                (tags.modality == int(m)).flatten().nonzero().squeeze(1)
+                for m in (Modality.IMAGE, Modality.VIDEO)
+            ]
+        )
+        if saliency.numel() != order.numel():
+            raise RetentionStateError(
+                f"the vision encoder produced {saliency.numel()} token saliencies for "
+                f"{order.numel()} visual tokens in the prompt; pass media and prompt together"
+            )
+        prior.view(-1)[order] = saliency.cpu()
+        return prior
 
     @staticmethod
     def _valid(attention_mask, b: int, n: int) -> torch.Tensor:
@@ -290,7 +343,9 @@ class RetentionRun:
         by_name = {m.label: int(m) for m in Modality}
         unknown = set(caps) - set(by_name)
         if unknown:
-            raise ValueError(f"unknown modality in modality_caps: {sorted(unknown)}; use {sorted(by_name)}")
+            raise ValueError(
+                f"unknown modality in modality_caps: {sorted(unknown)}; use {sorted(by_name)}"
+            )
         return {by_name[name]: int(fraction * capacity) for name, fraction in caps.items()}
 
 
@@ -337,7 +392,9 @@ def _slice_inputs(kwargs: dict[str, Any], start: int, end: int, n: int) -> dict[
 
 
 @contextmanager
-def retain(model: nn.Module, config: RetentionConfig | None = None, **options) -> Iterator[RetentionRun]:
+def retain(
+    model: nn.Module, config: RetentionConfig | None = None, **options
+) -> Iterator[RetentionRun]:
     """Run ``model`` under a KV budget inside a ``with`` block; yields the `RetentionRun`.
 
     ``options`` are `RetentionConfig` fields, for ``retain(model, policy="snapkv", budget=512)``.

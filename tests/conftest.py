@@ -107,7 +107,10 @@ def make_llava() -> TinyVLM:
 
 def make_qwen2_vl() -> TinyVLM:
     torch.manual_seed(0)
-    text = dict(TEXT, rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]})
+    text = dict(
+        TEXT,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]},
+    )
     config = Qwen2VLConfig(
         text_config=text,
         vision_config=dict(
@@ -126,7 +129,12 @@ def make_qwen2_vl() -> TinyVLM:
     return TinyVLM(Qwen2VLForConditionalGeneration(config).eval(), "qwen2_vl", 4)
 
 
-FACTORIES = {"llama": make_llama, "qwen2": make_qwen2, "llava": make_llava, "qwen2_vl": make_qwen2_vl}
+FACTORIES = {
+    "llama": make_llama,
+    "qwen2": make_qwen2,
+    "llava": make_llava,
+    "qwen2_vl": make_qwen2_vl,
+}
 
 
 @pytest.fixture(scope="session", params=sorted(FACTORIES))

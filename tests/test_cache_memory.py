@@ -13,28 +13,43 @@ def storage_bytes(cache: mmretain.RetentionCache) -> int:
     """Bytes of the storages behind every tensor the cache holds: views cannot hide memory."""
     total = 0
     for layer in cache.layers:
-        for group in (layer.keys_by_head, layer.values_by_head, layer.positions, layer.state, layer.modality):
+        for group in (
+            layer.keys_by_head,
+            layer.values_by_head,
+            layer.positions,
+            layer.state,
+            layer.modality,
+        ):
             total += sum(t.untyped_storage().nbytes() for t in group)
     return total
 
 
 def test_bytes_held_are_entries_times_entry_size(vlm):
     inputs = vlm.prompt([6, "image", 8, "image", 10])
-    with mmretain.retain(vlm.model, policy="snapkv", budget=20, recent=4, protect_turn=False) as run:
+    with mmretain.retain(
+        vlm.model, policy="snapkv", budget=20, recent=4, protect_turn=False
+    ) as run:
         vlm.model.generate(**inputs, max_new_tokens=12, do_sample=False)
     stats = run.stats
     assert stats.entries_kept < stats.tokens_seen * run.n_layers * run.n_heads
     assert stats.bytes_held == stats.entries_kept * run.cache.bytes_per_entry()
     assert storage_bytes(run.cache) == stats.bytes_held
-    assert stats.bytes_full_cache == stats.tokens_seen * run.n_layers * run.n_heads * run.cache.kv_bytes_per_entry()
+    assert (
+        stats.bytes_full_cache
+        == stats.tokens_seen * run.n_layers * run.n_heads * run.cache.kv_bytes_per_entry()
+    )
 
 
 def test_overhead_within_five_percent_for_real_head_sizes():
     torch.manual_seed(0)
-    config = LlamaConfig(**dict(TEXT, hidden_size=256, num_attention_heads=4, num_key_value_heads=2))
+    config = LlamaConfig(
+        **dict(TEXT, hidden_size=256, num_attention_heads=4, num_key_value_heads=2)
+    )
     model = LlamaForCausalLM(config).eval()  # head_dim 64
     ids = torch.randint(3, 100, (1, 300))
-    with mmretain.retain(model, policy="knorm", budget=64, chunk_tokens=50, protect_turn=False) as run:
+    with mmretain.retain(
+        model, policy="knorm", budget=64, chunk_tokens=50, protect_turn=False
+    ) as run:
         model.generate(ids, max_new_tokens=4, do_sample=False)
     minimum = run.stats.entries_kept * run.cache.kv_bytes_per_entry()
     assert storage_bytes(run.cache) <= 1.05 * minimum
@@ -42,7 +57,9 @@ def test_overhead_within_five_percent_for_real_head_sizes():
 
 def test_global_allocation_keeps_heads_ragged_and_memory_exact(llama):
     ids = llama.text(120)[None]
-    with mmretain.retain(llama.model, policy="snapkv", budget=30, recent=4, protect_turn=False) as run:
+    with mmretain.retain(
+        llama.model, policy="snapkv", budget=30, recent=4, protect_turn=False
+    ) as run:
         llama.model.generate(ids, max_new_tokens=3, do_sample=False)
     per_head = [n for layer in run.stats.kept_by_head for n in layer]
     assert len(set(per_head)) > 1  # heads compete: lengths differ
@@ -53,7 +70,12 @@ def test_chunked_prefill_peaks_at_budget_plus_chunk(llama):
     budget, chunk = 24, 10
     ids = llama.text(200)[None]
     with mmretain.retain(
-        llama.model, policy="snapkv", budget=budget, chunk_tokens=chunk, recent=4, protect_turn=False
+        llama.model,
+        policy="snapkv",
+        budget=budget,
+        chunk_tokens=chunk,
+        recent=4,
+        protect_turn=False,
     ) as run:
         llama.model.generate(ids, max_new_tokens=2, do_sample=False)
     entry_bytes = run.cache.bytes_per_entry()
@@ -68,7 +90,9 @@ def test_decoding_never_exceeds_budget_plus_buffer(llama):
     with mmretain.retain(
         llama.model, policy="tova", budget=budget, buffer=buffer, recent=4, protect_turn=False
     ) as run:
-        hook = llama.model.register_forward_hook(lambda *a: seen_entries.append(run.cache.entries()))
+        hook = llama.model.register_forward_hook(
+            lambda *a: seen_entries.append(run.cache.entries())
+        )
         try:
             llama.model.generate(llama.text(10)[None], max_new_tokens=40, do_sample=False)
         finally:

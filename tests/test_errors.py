@@ -20,8 +20,12 @@ def hooks_of(model) -> set:
 
 
 def assert_untouched(model) -> None:
-    assert not any("RetentionRun" in repr(h) for m in model.modules() for h in m._forward_pre_hooks.values())
-    assert "forward" not in vars(model.model.language_model if hasattr(model.model, "language_model") else model.model)
+    assert not any(
+        "RetentionRun" in repr(h) for m in model.modules() for h in m._forward_pre_hooks.values()
+    )
+    assert "forward" not in vars(
+        model.model.language_model if hasattr(model.model, "language_model") else model.model
+    )
     assert "generate" not in vars(model)
     text = model.config.get_text_config()
     assert text._attn_implementation == "sdpa"
@@ -29,9 +33,9 @@ def assert_untouched(model) -> None:
 
 def test_unsupported_model_names_supported_families():
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
-    with pytest.raises(UnsupportedModelError, match="Supported families: llava.*qwen2_vl.*Llama"):
-        with mmretain.retain(model, policy="snapkv", budget=64):
-            pass
+    expected = r"Supported families: llava.*qwen2_vl.*Llama"
+    with pytest.raises(UnsupportedModelError, match=expected), mmretain.retain(model, budget=64):
+        pass
     assert hooks_of(model) == set()
 
 
@@ -51,15 +55,17 @@ def test_budget_smaller_than_protection_states_numbers(vlm):
 def test_current_turn_larger_than_budget_fails_cleanly(vlm):
     """The turn is known only once the prompt arrives: the error comes from generate."""
     inputs = vlm.prompt([30, "image", 30])
-    with pytest.raises(ValueError, match=r"smaller than the \d+ protected entries"):
-        with mmretain.retain(vlm.model, policy="snapkv", budget=24, recent=4):
-            vlm.model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    with (
+        pytest.raises(ValueError, match=r"smaller than the \d+ protected entries"),
+        mmretain.retain(vlm.model, policy="snapkv", budget=24, recent=4),
+    ):
+        vlm.model.generate(**inputs, max_new_tokens=2, do_sample=False)
     assert_untouched(vlm.model)
     vlm.model.generate(**inputs, max_new_tokens=2, do_sample=False)  # still a working model
 
 
 def test_unknown_policy_lists_registered_names(vlm):
-    with pytest.raises(UnknownPolicyError, match="registered policies: .*fastv.*snapkv"):
+    with pytest.raises(UnknownPolicyError, match=r"registered policies: .*fastv.*snapkv"):
         mmretain.retain(vlm.model, policy="snapkvv", budget=64).__enter__()
     assert_untouched(vlm.model)
 
@@ -70,10 +76,9 @@ def test_unknown_allocation(llama):
 
 
 def test_error_inside_block_restores_model(vlm):
-    with pytest.raises(RuntimeError, match="boom"):
-        with mmretain.retain(vlm.model, policy="h2o", budget=64):
-            assert vlm.model.config.get_text_config()._attn_implementation == "mmretain"
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), mmretain.retain(vlm.model, budget=64):
+        assert vlm.model.config.get_text_config()._attn_implementation == "mmretain"
+        raise RuntimeError("boom")
     assert_untouched(vlm.model)
     assert vlm.model.config.vision_config._attn_implementation == "sdpa"
 
@@ -81,5 +86,5 @@ def test_error_inside_block_restores_model(vlm):
 def test_cache_outside_retain_refuses(llama):
     with mmretain.retain(llama.model, policy="snapkv", budget=64) as run:
         cache = run.new_cache()
-    with pytest.raises(mmretain.MMRetainError, match="inside `with mmretain.retain"):
+    with pytest.raises(mmretain.MMRetainError, match=r"inside `with mmretain\.retain"):
         llama.model(input_ids=torch.tensor([[5, 6, 7]]), past_key_values=cache)

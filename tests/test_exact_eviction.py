@@ -18,7 +18,7 @@ _hidden: dict = {}  # per (layer, kv head) bool [positions] of entries the refer
 
 
 def reference_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kw):
-    b, n_heads, q, _ = query.shape
+    _, n_heads, q, _ = query.shape
     n_kv, length = key.shape[1], key.shape[2]
     group = n_heads // n_kv
     positions = torch.arange(length)
@@ -74,17 +74,28 @@ def replay(tiny, calls, kept_before):
 
 
 def calls_for(tiny):
-    first = tiny.prompt([3, "image", 4, "image", 6] if tiny.family in ("llava", "qwen2_vl") else [40])
+    first = tiny.prompt(
+        [3, "image", 4, "image", 6] if tiny.family in ("llava", "qwen2_vl") else [40]
+    )
     rest = [{"input_ids": tiny.text(n)[None]} for n in (5, 3, 1, 1, 1, 4, 1)]
     return [first, *rest]
 
 
 @pytest.mark.parametrize("allocation", ["global", "layer", "uniform"])
-@pytest.mark.parametrize("policy", ["snapkv", "h2o", "knorm", "tova", "random", "fastv"])
+@pytest.mark.parametrize(
+    "policy", ["snapkv", "h2o", "knorm", "tova", "random", "fastv", "visionzip"]
+)
 def test_logits_equal_masked_reference(any_model, policy, allocation):
+    if policy == "visionzip" and any_model.family in ("llama", "qwen2"):
+        pytest.skip("visionzip needs a vision encoder")
     calls = calls_for(any_model)
     config = mmretain.RetentionConfig(
-        policy=policy, budget=14, allocation=allocation, sink=2, recent=3, protect_turn=False,
+        policy=policy,
+        budget=14,
+        allocation=allocation,
+        sink=2,
+        recent=3,
+        protect_turn=False,
         buffer=0,
     )
     kept_before, logits = [], []

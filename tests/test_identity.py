@@ -93,7 +93,9 @@ def test_chunked_prefill_matches_vanilla(llama):
 
 def test_padded_batch_matches_vanilla(llama):
     """Left padding: pad slots are never stored as entries and never attended."""
-    ids = torch.stack([llama.text(20), torch.cat([torch.zeros(5, dtype=torch.long), llama.text(15)])])
+    ids = torch.stack(
+        [llama.text(20), torch.cat([torch.zeros(5, dtype=torch.long), llama.text(15)])]
+    )
     mask = (torch.arange(20)[None] >= torch.tensor([[0], [5]])).long()
     inputs = {"input_ids": ids, "attention_mask": mask}
     expected = greedy(llama.model, inputs, pad_token_id=0)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..tags import Modality, TokenTags
+from ..vision_saliency import VisionSaliencyTap
 
 
 class Adapter:
@@ -60,6 +61,16 @@ class Adapter:
     def set_attention_implementation(self, name: str) -> None:
         # Only the text model: the vision tower keeps its own (usually SDPA) attention.
         self.model.set_attn_implementation({"text_config": name} if self.multimodal else name)
+
+    def set_vision_attention_implementation(self, name: str) -> None:
+        self.model.set_attn_implementation({"vision_config": name})
+
+    def vision_attention_implementation(self) -> str:
+        return self.model.config.vision_config._attn_implementation
+
+    def vision_saliency_tap(self) -> VisionSaliencyTap | None:
+        """A tap on the vision layer whose attention ranks visual tokens; None for text models."""
+        return None
 
     # -- tokens --------------------------------------------------------------------------------
     def tags(self, input_ids: torch.Tensor, inputs: dict[str, Any]) -> TokenTags:

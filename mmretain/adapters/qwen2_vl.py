@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..tags import Modality, TokenTags
+from ..vision_saliency import VisionSaliencyTap
 from .base import Adapter, tag_grid
 
 
@@ -18,6 +19,13 @@ class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl (Qwen2-VL)"
     model_types = ("qwen2_vl",)
     multimodal = True
+
+    def vision_saliency_tap(self) -> VisionSaliencyTap:
+        # No CLS token: saliency is the attention a patch receives in the last vision block,
+        # summed over the merge x merge patches that become one LLM token.
+        merge = self.model.config.vision_config.spatial_merge_size
+        attention = self.model.model.visual.blocks[-1].attn
+        return VisionSaliencyTap(attention, has_cls=False, patches_per_token=merge * merge)
 
     def tags(self, input_ids: torch.Tensor, inputs: dict[str, Any]) -> TokenTags:
         tags = TokenTags.text(*input_ids.shape)

@@ -3,4 +3,12 @@
 from . import attention, simple
 from .base import POLICIES, LayerView, RetentionPolicy, build_policy, register
 
-__all__ = ["POLICIES", "LayerView", "RetentionPolicy", "attention", "build_policy", "register", "simple"]
+__all__ = [
+    "POLICIES",
+    "LayerView",
+    "RetentionPolicy",
+    "attention",
+    "build_policy",
+    "register",
+    "simple",
+]

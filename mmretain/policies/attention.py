@@ -39,7 +39,10 @@ class SnapKV(RetentionPolicy):
             votes = _group_mean_window(view, h).mean(dim=1)  # [b, L]
             if self.kernel > 1:
                 votes = F.avg_pool1d(
-                    votes[:, None], self.kernel, stride=1, padding=self.kernel // 2,
+                    votes[:, None],
+                    self.kernel,
+                    stride=1,
+                    padding=self.kernel // 2,
                     count_include_pad=False,
                 )[:, 0, : votes.shape[1]]
             scores.append(votes)
@@ -124,3 +127,24 @@ class FastV(RetentionPolicy):
                 layer_scores.append(torch.where(keep_anyway, torch.inf, score))
             out.append(layer_scores)
         return out
+
+
+@register
+@dataclass
+class VisionZip(RetentionPolicy):
+    """Visual tokens ranked by the attention they receive inside the vision encoder.
+
+    Yang et al., "VisionZip: Longer is Better but Not Necessary in Vision Language Models",
+    arXiv:2412.04467. This keeps VisionZip's dominant tokens; its merging of the dropped tokens
+    into a few contextual tokens is not done (a cache entry is either kept or freed). Text and
+    generated entries always rank above visual ones.
+    """
+
+    name = "visionzip"
+    uses_vision_saliency = True
+
+    def score(self, view: LayerView) -> list[torch.Tensor]:
+        return [
+            torch.where(is_visual(m), s, torch.inf)
+            for m, s in zip(view.modality, view.state, strict=True)
+        ]

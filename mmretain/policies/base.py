@@ -90,6 +90,7 @@ class RetentionPolicy(ABC):
     accumulates: ClassVar[bool] = False
     comparable: ClassVar[bool] = True
     evicts: ClassVar[bool] = True
+    uses_vision_saliency: ClassVar[bool] = False  # engine taps the vision encoder (VisionZip)
 
     def init_state(
         self, layer: int, hidden: torch.Tensor | None, keys: torch.Tensor

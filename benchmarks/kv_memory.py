@@ -1,0 +1,220 @@
+"""KV-cache memory and speed of mmretain policies on a tiny random-weight Llama.
+
+For every (context length, policy, budget) the script runs one row in a fresh child process
+(the script re-invoked with ``--one``), so the child's RSS high-water mark belongs to that row
+alone. The child builds the same seeded random-weight ``LlamaForCausalLM`` (float32), draws a
+prompt of random token ids and, inside ``mmretain.retain()``:
+
+- prefill: one forward call on the whole prompt with ``past_key_values=run.new_cache()`` and
+  ``logits_to_keep=1``; mmretain splits it into ``--chunk-tokens`` chunks and evicts after each.
+  The wall time of that call is "prefill s".
+- decode: a manual greedy loop of ``--decode-tokens`` single-token forward calls reusing that
+  cache (the first input is the argmax of the prefill logits). Timing the loop apart from the
+  prefill is why ``generate`` is not used; "decode tok/s" is decode tokens / loop wall time.
+
+A short untimed warm-up on a throwaway cache runs first. Cache statistics are read after the
+decode loop. The parent prints one markdown table row per run on stdout, progress on stderr.
+The "full" policy never evicts, so it runs once per length and its budget is shown as "-".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+MIB = 1024 * 1024
+COLUMNS = (
+    "context",
+    "policy",
+    "budget",
+    "held / full cache",
+    "held / K+V minimum",
+    "peak held (MiB)",
+    "prefill s",
+    "decode tok/s",
+    "peak RSS (MiB)",
+)
+MODEL = {
+    "vocab_size": 4096,
+    "hidden_size": 256,
+    "intermediate_size": 1024,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "max_position_embeddings": 70000,
+}
+
+
+def build_model(seed: int):
+    """The benchmark model: a seeded random-weight Llama in float32, in eval mode."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(**MODEL, tie_word_embeddings=False)
+    return LlamaForCausalLM(config).to(torch.float32).eval()
+
+
+def greedy_decode(model, token, cache, steps: int) -> None:
+    """``steps`` single-token forward calls, each feeding the previous argmax."""
+    for _ in range(steps):
+        out = model(input_ids=token, past_key_values=cache, use_cache=True)
+        token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    """One (length, policy, budget) measurement in this process; returns the row's numbers."""
+    import torch
+
+    import mmretain
+
+    length, policy, budget = args.one.split(",")
+    length = int(length)
+    model = build_model(args.seed)
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    prompt = torch.randint(0, MODEL["vocab_size"], (1, length), generator=generator)
+    config = mmretain.RetentionConfig(
+        policy=policy,
+        budget=budget if policy != "full" else 1024,  # "full" keeps everything whatever the budget
+        allocation="global",
+        sink=4,
+        recent=32,
+        protect_turn=False,  # random token ids: there is no user turn to protect
+        chunk_tokens=args.chunk_tokens,
+    )
+    with torch.inference_mode(), mmretain.retain(model, config) as run:
+        warm = prompt[:, :64]
+        out = model(input_ids=warm, past_key_values=run.new_cache(), logits_to_keep=1)
+        greedy_decode(model, out.logits[:, -1].argmax(dim=-1, keepdim=True), run.cache, 2)
+
+        cache = run.new_cache()
+        start = time.perf_counter()
+        out = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        prefill_s = time.perf_counter() - start
+
+        token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+        start = time.perf_counter()
+        greedy_decode(model, token, cache, args.decode_tokens)
+        decode_s = time.perf_counter() - start
+
+        stats = cache.stats
+        kv_per_entry = cache.kv_bytes_per_entry()
+    # ru_maxrss is in KiB on Linux and in bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_bytes = rss if sys.platform == "darwin" else rss * 1024
+    return {
+        "length": length,
+        "policy": policy,
+        "budget": budget if policy != "full" else "-",
+        "tokens_seen": stats.tokens_seen,
+        "entries_kept": stats.entries_kept,
+        "bytes_held": stats.bytes_held,
+        "bytes_full_cache": stats.bytes_full_cache,
+        "peak_bytes_held": stats.peak_bytes_held,
+        "kv_bytes_per_entry": kv_per_entry,
+        "evictions": stats.evictions,
+        "prefill_s": prefill_s,
+        "decode_tok_s": args.decode_tokens / decode_s if decode_s > 0 else float("inf"),
+        "max_rss_bytes": rss_bytes,
+    }
+
+
+def format_row(r: dict) -> str:
+    minimum = r["entries_kept"] * r["kv_bytes_per_entry"]
+    cells = (
+        f"{r['length'] // 1024}K" if r["length"] % 1024 == 0 else str(r["length"]),
+        r["policy"],
+        r["budget"],
+        f"{r['bytes_held'] / r['bytes_full_cache']:.4f}",
+        f"{r['bytes_held'] / minimum:.4f}",
+        f"{r['peak_bytes_held'] / MIB:.1f}",
+        f"{r['prefill_s']:.1f}",
+        f"{r['decode_tok_s']:.1f}",
+        f"{r['max_rss_bytes'] / MIB:.0f}",
+    )
+    return "| " + " | ".join(cells) + " |"
+
+
+def plan(args: argparse.Namespace) -> list[tuple[int, str, str]]:
+    """Every row to run: "full" once per length, then each other policy at each budget."""
+    skip = {tuple(item.split(":")) for item in args.skip.split(",") if item}
+    rows = []
+    for length in (int(x) for x in args.lengths.split(",")):
+        for policy in args.policies.split(","):
+            if (str(length), policy) in skip:
+                continue
+            budgets = ["-"] if policy == "full" else args.budgets.split(",")
+            rows.extend((length, policy, budget) for budget in budgets)
+    return rows
+
+
+def sweep(args: argparse.Namespace) -> None:
+    """Run every planned row in its own child process and print the table."""
+    rows = plan(args)
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "|".join("---" if i < 3 else "---:" for i in range(len(COLUMNS))) + "|")
+    sys.stdout.flush()
+    began = time.perf_counter()
+    for i, (length, policy, budget) in enumerate(rows, 1):
+        print(f"[{i}/{len(rows)}] {length} {policy} {budget} ...", file=sys.stderr, flush=True)
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--one",
+            f"{length},{policy},{budget}",
+            "--chunk-tokens",
+            str(args.chunk_tokens),
+            "--decode-tokens",
+            str(args.decode_tokens),
+            "--seed",
+            str(args.seed),
+        ]
+        child = subprocess.run(command, capture_output=True, text=True)
+        if child.returncode != 0:
+            print(child.stderr, file=sys.stderr)
+            print(f"| {length} | {policy} | {budget} | failed (exit {child.returncode}) |")
+            continue
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+        print(format_row(result), flush=True)
+        print(
+            f"    prefill {result['prefill_s']:.1f}s, decode {result['decode_tok_s']:.1f} tok/s, "
+            f"{result['evictions']} evictions, elapsed {time.perf_counter() - began:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", default="4096,16384,65536", help="context lengths, comma list")
+    parser.add_argument(
+        "--policies", default="full,streaming,knorm,snapkv,h2o", help="policies, comma list"
+    )
+    parser.add_argument(
+        "--budgets", default="256,1024,0.1", help="tokens (int) or fraction of tokens seen (float)"
+    )
+    parser.add_argument(
+        "--skip",
+        default="65536:h2o",
+        help='length:policy pairs to leave out, comma list ("" runs everything)',
+    )
+    parser.add_argument("--chunk-tokens", type=int, default=2048, help="prefill chunk size")
+    parser.add_argument("--decode-tokens", type=int, default=16, help="greedy decode steps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the prompt")
+    parser.add_argument("--one", help="run a single 'length,policy,budget' row (internal)")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args)), flush=True)
+    else:
+        sweep(args)
+
+
+if __name__ == "__main__":
+    main()
