@@ -167,7 +167,7 @@ class RetentionRun:
             seen = cache.get_seq_length()
             tags = self._take_tags(b, n, seen)
             valid = self._valid(kwargs.get("attention_mask"), b, n)
-            if n > 1:
+            if n > 1 and bool((tags.modality == int(Modality.TEXT)).any()):
                 self.prompts += 1
                 self._turn = (seen, seen + n)
             if seen == 0:
@@ -190,6 +190,10 @@ class RetentionRun:
             return out
 
         return chunked_forward
+
+    def expect_tags(self, tags: TokenTags) -> None:
+        """Tags of the next forward's tokens, for calls that bring embeddings, not ids."""
+        self._pending_tags = tags
 
     def _take_tags(self, b: int, n: int, seen: int) -> TokenTags:
         tags, self._pending_tags = self._pending_tags, None
@@ -308,12 +312,17 @@ class RetentionRun:
         for r in range(flat.batch):
             positions = flat.positions[r]
             protected = self._protected(positions, flat.modality[r], r, seen)
+            row_capacity = capacity
+            if self.config.parsed_budget.kind == "fraction":
+                # A fraction of a short prefix can be less than the sinks and recent window;
+                # protected entries then stand above the fraction instead of failing.
+                row_capacity = max(capacity, int(protected.sum()))
             keep_rows.append(
                 allocate(
                     flat.scores[r].masked_fill(positions == EMPTY, float("-inf")),
                     flat.layer,
                     flat.head,
-                    capacity,
+                    row_capacity,
                     mode=self.config.allocation,
                     n_layers=len(layers),
                     n_heads=self.n_heads,

@@ -20,3 +20,39 @@ class UnknownPolicyError(MMRetainError, KeyError):
 
 class RetentionStateError(MMRetainError, RuntimeError):
     """A cache or run used outside the context that makes it valid."""
+
+
+class GatesMismatchError(MMRetainError, ValueError):
+    """Retention gates whose shape (hidden size, layers, KV heads) or variant does not fit."""
+
+
+class GatesNotFoundError(MMRetainError, FileNotFoundError):
+    """A gated policy found no retention gates to load."""
+
+
+class ModelLoadError(MMRetainError, OSError):
+    """A checkpoint or processor that cannot be loaded."""
+
+
+class MediaError(MMRetainError, ValueError):
+    """An image or video that cannot be used as given."""
+
+
+class MediaNotFoundError(MediaError):
+    """A media path that does not name an existing file."""
+
+
+class CorruptMediaError(MediaError):
+    """A file that cannot be decoded as the media asked for: damaged, cut short, or another kind."""
+
+
+class EmptyVideoError(MediaError):
+    """A video container whose video stream holds no frame."""
+
+
+class FrameSamplingError(MediaError):
+    """A frame-sampling request that cannot select frames: bad rate, cap, range or indices."""
+
+
+class MediaWarning(UserWarning):
+    """Media was read only in part, for example a video cut short mid-stream."""

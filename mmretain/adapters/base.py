@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ..errors import UnsupportedModelError
 from ..tags import Modality, TokenTags
 from ..vision_saliency import VisionSaliencyTap
 
@@ -72,6 +74,68 @@ class Adapter:
         """A tap on the vision layer whose attention ranks visual tokens; None for text models."""
         return None
 
+    # -- positions -----------------------------------------------------------------------------
+    def token_types(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """0 text, 1 image, 2 video per token, from the family's placeholder ids."""
+        types = torch.zeros_like(input_ids, dtype=torch.long)
+        config = self.model.config
+        for value, name in ((1, "image_token_id"), (2, "video_token_id")):
+            token = getattr(config, name, None)
+            if token is None:
+                token = getattr(config, name.replace("_id", "_index"), None)
+            if token is not None:
+                types[input_ids == token] = value
+        return types
+
+    def position_ids(
+        self,
+        token_types: torch.Tensor,
+        image_grids: torch.Tensor | None,
+        video_grids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Positions of a whole sequence [rows, 1, n]; one row for 1-D RoPE families."""
+        return torch.arange(token_types.shape[1])[None, None]
+
+    def shape_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """Positions [rows, 1, n] as the model's forward takes them."""
+        return positions[0]
+
+    # -- video streaming -----------------------------------------------------------------------
+    merge_area: ClassVar[int] = 1  # encoder patches per LLM token
+
+    @property
+    def video_token_id(self) -> int | None:
+        config = self.model.config
+        return getattr(config, "video_token_id", None) or getattr(config, "video_token_index", None)
+
+    def round_chunk_frames(self, frames: int) -> int:
+        """A chunk size the encoder can take without padding frames mid-video."""
+        return frames
+
+    def process_video_chunk(self, processor: Any, frames) -> dict[str, torch.Tensor]:
+        """The processor's tensors for one chunk of frames [n, H, W, 3], frames kept as given."""
+        out = processor.video_processor(
+            videos=[frames], do_sample_frames=False, return_tensors="pt"
+        )
+        return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+    def planned_video_grid(self, chunk: dict[str, torch.Tensor], total_frames: int):
+        """The (t, h, w) patch grid of the whole video, for families whose positions need it."""
+        return None
+
+    def video_token_grid(self, chunk: dict[str, torch.Tensor], tokens: int, frames: int):
+        """(rows, cols) of one frame's tokens."""
+        side = math.isqrt(max(tokens // max(frames, 1), 1))
+        return side, side
+
+    def video_chunk_embeddings(self, chunk: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Embeddings [n, d] of one chunk of frames, as the processor prepared them."""
+        raise UnsupportedModelError(f"{self.family} has no video input; give it images instead")
+
+    def video_tail_embeddings(self) -> torch.Tensor:
+        """Embeddings [k, d] that close a video after its last chunk (none for most families)."""
+        return torch.zeros(0, self.text_config.hidden_size)
+
     # -- tokens --------------------------------------------------------------------------------
     def tags(self, input_ids: torch.Tensor, inputs: dict[str, Any]) -> TokenTags:
         """Tags of a prompt given the top-level forward's input_ids and other inputs."""
@@ -95,9 +159,15 @@ def tag_grid(
     grid_w: int,
     grid_h: int,
     frame_offset: int = 0,
+    first: int = 0,
 ) -> None:
-    """Tag ``count`` visual tokens laid out as frames of grid_h x grid_w, row-major."""
-    index = torch.arange(count)
+    """Tag ``count`` visual tokens laid out as frames of grid_h x grid_w, row-major.
+
+    ``first`` is the index within that layout of the token at ``start``, for a run that
+    continues a layout part-way (a newline token closing a grid, a chunk starting mid-frame).
+    """
+    _own_fields(tags)
+    index = torch.arange(first, first + count)
     per_frame = grid_h * grid_w
     span = slice(start, start + count)
     tags.modality[row, span] = int(modality)
@@ -105,3 +175,14 @@ def tag_grid(
     tags.frame[row, span] = (index // per_frame + frame_offset).to(torch.int32)
     tags.row[row, span] = ((index % per_frame) // grid_w).to(torch.int32)
     tags.col[row, span] = (index % grid_w).to(torch.int32)
+
+
+def _own_fields(tags: TokenTags) -> None:
+    """Give media, frame, row and col separate storage before writing part of them.
+
+    `TokenTags.text` fills all four from one shared tensor of -1s, so a write through one field
+    would land in the other three.
+    """
+    fields = (tags.media, tags.frame, tags.row, tags.col)
+    if len({field.untyped_storage().data_ptr() for field in fields}) < len(fields):
+        tags.media, tags.frame, tags.row, tags.col = (field.clone() for field in fields)

@@ -27,6 +27,56 @@ class Qwen2VLAdapter(Adapter):
         attention = self.model.model.visual.blocks[-1].attn
         return VisionSaliencyTap(attention, has_cls=False, patches_per_token=merge * merge)
 
+    def position_ids(
+        self,
+        token_types: torch.Tensor,
+        image_grids: torch.Tensor | None,
+        video_grids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        # M-RoPE: the model's own rule, over the whole sequence; callers slice what they feed.
+        if image_grids is None and video_grids is None:
+            return super().position_ids(token_types, None, None).expand(3, -1, -1)
+        positions, _ = self.model.model.get_rope_index(
+            token_types,
+            mm_token_type_ids=token_types,
+            image_grid_thw=image_grids,
+            video_grid_thw=video_grids,
+        )
+        return positions
+
+    def shape_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions.expand(3, -1, -1)
+
+    @property
+    def merge_area(self) -> int:
+        return self.model.config.vision_config.spatial_merge_size**2
+
+    @property
+    def temporal_patch(self) -> int:
+        return self.model.config.vision_config.temporal_patch_size
+
+    def round_chunk_frames(self, frames: int) -> int:
+        # Frames pair up into temporal patches; an odd chunk would pad a frame mid-video.
+        return max(self.temporal_patch, frames - frames % self.temporal_patch)
+
+    def planned_video_grid(self, chunk: dict[str, torch.Tensor], total_frames: int):
+        grid = chunk["video_grid_thw"][0].clone()
+        grid[0] = -(-total_frames // self.temporal_patch)
+        return grid
+
+    def video_token_grid(self, chunk: dict[str, torch.Tensor], tokens: int, frames: int):
+        merge = self.model.config.vision_config.spatial_merge_size
+        _, h, w = chunk["video_grid_thw"][0].tolist()
+        return h // merge, w // merge
+
+    def video_chunk_embeddings(self, chunk: dict[str, torch.Tensor]) -> torch.Tensor:
+        # The vision encoder attends within each temporal patch only, so encoding a video
+        # chunk by chunk gives the same features as encoding it whole.
+        features = self.model.model.get_video_features(
+            chunk["pixel_values_videos"], chunk["video_grid_thw"], return_dict=True
+        )
+        return torch.cat(features.pooler_output, dim=0)
+
     def tags(self, input_ids: torch.Tensor, inputs: dict[str, Any]) -> TokenTags:
         tags = TokenTags.text(*input_ids.shape)
         config = self.model.config

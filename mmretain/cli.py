@@ -1,0 +1,196 @@
+"""The `mmretain` command: long-video QA and image chat under one KV budget."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from .errors import MMRetainError
+
+DEFAULT_MODEL = "testbed"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="checkpoint directory or hub id (default: the embedded test-bed model)",
+    )
+    parser.add_argument("--policy", default="snapkv", help="retention policy (default: snapkv)")
+    parser.add_argument(
+        "--budget",
+        default="0.1",
+        help="KV budget: tokens (1024), a fraction of tokens seen (0.1) or bytes (512MiB)",
+    )
+    parser.add_argument("--allocation", default="global", choices=("global", "layer", "uniform"))
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+
+
+def _budget(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmretain", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    video = commands.add_parser("video-qa", help="answer questions about a video")
+    video.add_argument("video", help="path to a video file")
+    video.add_argument("-q", "--question", action="append", required=True, dest="questions")
+    _common(video)
+    video.add_argument("--fps", type=float, default=1.0, help="frames sampled per second")
+    video.add_argument("--max-frames", type=int, default=None)
+    video.add_argument("--chunk-frames", type=int, default=16, help="frames prefilled per chunk")
+    video.add_argument("--start", type=float, default=None, help="seconds")
+    video.add_argument("--end", type=float, default=None, help="seconds")
+    video.add_argument(
+        "--question-first",
+        action="store_true",
+        help="put the question before the video (query-aware eviction; streams once per question)",
+    )
+    video.add_argument("--json", action="store_true", help="print one JSON object")
+
+    chat = commands.add_parser("chat", help="chat about an image, interactively")
+    chat.add_argument("--image", required=True, help="path to an image")
+    _common(chat)
+    return parser
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _load(args):
+    from .api import load
+
+    return load(
+        args.model, policy=args.policy, budget=_budget(args.budget), allocation=args.allocation
+    )
+
+
+def video_qa(args) -> None:
+    from tqdm import tqdm
+
+    from .media import Video
+
+    # Check the video before loading a model: bad input fails in a moment.
+    video = Video(
+        args.video, fps=args.fps, max_frames=args.max_frames, start=args.start, end=args.end
+    )
+    vlm = _load(args)
+    bar = tqdm(desc="frames", unit="frame", file=sys.stderr, disable=args.json or None)
+
+    def progress(p) -> None:
+        bar.total = p.frames_total
+        bar.n = p.frames_done
+        fill = p.entries_kept / p.entries_budget if p.entries_budget else 0.0
+        bar.set_postfix(tokens=p.tokens_seen, cache=f"{fill:.0%} of budget")
+        bar.refresh()
+
+    answers = vlm.answer_video(
+        video,
+        args.questions,
+        chunk_frames=args.chunk_frames,
+        question_first=args.question_first,
+        max_new_tokens=args.max_new_tokens,
+        progress=progress,
+    )
+    bar.close()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "video": args.video,
+                    "model": args.model,
+                    "policy": args.policy,
+                    "budget": args.budget,
+                    "answers": [
+                        {
+                            "question": a.question,
+                            "answer": a.text,
+                            "frames": a.frames,
+                            "seconds": round(a.seconds, 3),
+                            "stats": asdict(a.stats),
+                        }
+                        for a in answers
+                    ],
+                    "peak_rss_mib": round(_peak_rss_mib(), 1),
+                }
+            )
+        )
+        return
+    for a in answers:
+        print(f"Q: {a.question}\nA: {a.text}")
+    stats = answers[-1].stats
+    print()
+    # Kept tokens: entries over (layers x heads), so a token kept everywhere counts once.
+    slots = len(stats.kept_by_head) * len(stats.kept_by_head[0]) if stats.kept_by_head else 1
+    print(f"{'modality':<10} {'tokens seen':>12} {'tokens kept':>12}")
+    for name, seen in stats.seen_by_modality.items():
+        if seen:
+            print(f"{name:<10} {seen:>12} {stats.kept_by_modality[name] / slots:>12.1f}")
+    print(
+        f"\nKV bytes held {stats.bytes_held:,} ({stats.kv_fraction:.1%} of a full cache), "
+        f"peak {stats.peak_bytes_held:,}; peak RSS {_peak_rss_mib():.0f} MiB; "
+        f"{answers[-1].frames} frames in {answers[-1].seconds:.1f} s"
+    )
+
+
+def chat(args) -> None:
+    vlm = _load(args)
+    messages: list[dict] = []
+    first = True
+    print("Type a message; /reset starts over, /quit leaves.", file=sys.stderr)
+    for line in sys.stdin:
+        text = line.strip()
+        if text == "/quit":
+            break
+        if text == "/reset":
+            vlm.reset()
+            messages, first = [], True
+            continue
+        if not text:
+            continue
+        content = [{"type": "text", "text": text}]
+        if first:
+            content.insert(0, {"type": "image", "image": args.image})
+            first = False
+        messages.append({"role": "user", "content": content})
+        answer = vlm.chat(messages, max_new_tokens=args.max_new_tokens)
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer.text}]})
+        s = answer.stats
+        print(answer.text)
+        print(
+            f"[kept {s.entries_kept:,} of {s.tokens_seen} tokens' entries, "
+            f"{s.kv_fraction:.0%} of full KV]",
+            file=sys.stderr,
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging
+
+    # The command reports its own progress; loading bars and warnings would bury it.
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        {"video-qa": video_qa, "chat": chat}[args.command](args)
+    except (MMRetainError, ValueError, OSError) as error:
+        # One line, no traceback: the message says what was wrong and how to fix it.
+        print(f"mmretain: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Long video streamed chunk by chunk: same answer as one-shot prefill when the budget holds all,
+flat memory when it does not, and many questions answered from one compressed context."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from checkpoints import write_qwen2_vl
+
+from mmretain import cli, media
+from mmretain.api import load
+from mmretain.session import Session
+
+QUESTIONS = ["what colour is the video ?", "which came first ?"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_qwen2_vl(tmp_path_factory.mktemp("qwen2_vl"))
+
+
+@pytest.fixture(scope="module")
+def video_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    media.write_video(
+        path, (rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for _ in range(20)), 4
+    )
+    return path
+
+
+def first_logits(monkeypatch):
+    """Record the logits each answer's decoding starts from."""
+    seen = []
+    generate = Session.generate
+
+    def recording(self, logits, *args, **kwargs):
+        seen.append(logits.clone())
+        return generate(self, logits, *args, **kwargs)
+
+    monkeypatch.setattr(Session, "generate", recording)
+    return seen
+
+
+def one_shot_logits(vlm, video_file, question):
+    frames = np.concatenate(list(media.Video(video_file, fps=4).chunks(1000)))
+    messages = [
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}
+    ]
+    text = vlm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = vlm.processor(
+        text=[text], videos=[frames], do_sample_frames=False, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        return vlm.model(**inputs).logits[:, -1]
+
+
+def test_streamed_video_equals_one_shot_prefill(checkpoint, video_file, monkeypatch):
+    vlm = load(checkpoint, policy="snapkv", budget=10_000)
+    logits = first_logits(monkeypatch)
+    answers = vlm.answer_video(video_file, QUESTIONS, fps=4, chunk_frames=4, max_new_tokens=4)
+    assert [a.question for a in answers] == QUESTIONS
+    for question, streamed in zip(QUESTIONS, logits, strict=True):
+        torch.testing.assert_close(streamed, one_shot_logits(vlm, video_file, question))
+    assert answers[0].stats.seen_by_modality["video"] == 20 // 2 * 4  # (t, h, w) = (10, 4, 4)
+    assert answers[0].frames == 20
+
+
+def test_compress_once_answer_many_shares_the_context(checkpoint, video_file):
+    vlm = load(checkpoint, policy="snapkv", budget=12, recent=4, protect_turn=False)
+    many = vlm.answer_video(video_file, QUESTIONS, fps=4, chunk_frames=4, max_new_tokens=3)
+    alone = [
+        vlm.answer_video(video_file, q, fps=4, chunk_frames=4, max_new_tokens=3)[0]
+        for q in QUESTIONS
+    ]
+    assert [a.tokens for a in many] == [a.tokens for a in alone]
+    stats = many[0].stats
+    assert stats.kept_by_modality["video"] < stats.seen_by_modality["video"] * 2 * 2
+
+
+def test_peak_kv_is_set_by_budget_not_video_length(checkpoint, tmp_path):
+    peaks = []
+    for frames in (16, 64):
+        path = tmp_path / f"v{frames}.mp4"
+        media.write_video(path, (np.full((56, 56, 3), i % 255, np.uint8) for i in range(frames)), 8)
+        vlm = load(checkpoint, policy="tova", budget=24, recent=4, protect_turn=False)
+        answer = vlm.answer_video(path, QUESTIONS[0], fps=8, chunk_frames=4, max_new_tokens=2)[0]
+        peaks.append(answer.stats.peak_bytes_held)
+    assert peaks[1] == peaks[0]
+
+
+def test_cli_video_qa_json(checkpoint, video_file, capsys):
+    code = cli.main(
+        [
+            "video-qa",
+            str(video_file),
+            "-q",
+            QUESTIONS[0],
+            "-q",
+            QUESTIONS[1],
+            "--model",
+            str(checkpoint),
+            "--budget",
+            "0.5",
+            "--fps",
+            "4",
+            "--chunk-frames",
+            "4",
+            "--max-new-tokens",
+            "3",
+            "--json",
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [a["question"] for a in result["answers"]] == QUESTIONS
+    assert result["answers"][0]["stats"]["tokens_seen"] > 40
+
+
+def test_cli_video_qa_table(checkpoint, video_file, capsys):
+    code = cli.main(
+        [
+            "video-qa",
+            str(video_file),
+            "-q",
+            QUESTIONS[0],
+            "--model",
+            str(checkpoint),
+            "--fps",
+            "4",
+            "--max-new-tokens",
+            "2",
+            "--budget",
+            "0.5",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith(f"Q: {QUESTIONS[0]}\nA:")
+    assert "video" in out and "KV bytes held" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.mp4"], "not found"),
+        (["--fps", "0"], "fps"),
+        (["--max-frames", "0"], "max_frames"),
+        (["--budget", "-3"], "budget"),
+        (["--policy", "nope"], "registered policies"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(checkpoint, video_file, capsys, args, message):
+    video = [args.pop(0)] if args and args[0].endswith(".mp4") else [str(video_file)]
+    code = cli.main(["video-qa", *video, "-q", "what ?", "--model", str(checkpoint), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("mmretain: error:") and err.count("\n") == 1
+    assert message in err
+
+
+def test_cli_text_file_is_not_a_video(checkpoint, tmp_path, capsys):
+    bogus = tmp_path / "notes.mp4"
+    bogus.write_text("not a video")
+    assert cli.main(["video-qa", str(bogus), "-q", "what ?", "--model", str(checkpoint)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
