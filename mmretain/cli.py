@@ -146,6 +146,9 @@ def video_qa(args) -> None:
 
 
 def chat(args) -> None:
+    from .media import load_image
+
+    load_image(args.image)  # a bad image fails before the model loads
     vlm = _load(args)
     messages: list[dict] = []
     first = True

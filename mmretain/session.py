@@ -47,7 +47,6 @@ class Session:
         self.cache: RetentionCache = run.new_cache()
         self.layout = Layout()
         self.next_position = 0  # where decoding continues: one past the largest position
-        self.pending: list[int] = []  # generated tokens not yet fed to the cache
 
     # -- positions -----------------------------------------------------------------------------
     def positions(self, layout: Layout | None = None) -> torch.Tensor:
@@ -67,13 +66,6 @@ class Session:
         """
         inputs = dict(inputs)
         input_ids = inputs["input_ids"]
-        if self.pending:
-            pending = torch.tensor([self.pending], dtype=input_ids.dtype)
-            input_ids = torch.cat([pending, input_ids], dim=1)
-            if "attention_mask" in inputs:
-                inputs["attention_mask"] = torch.ones_like(input_ids)
-            self.pending = []
-        inputs["input_ids"] = input_ids
         types = self.adapter.token_types(input_ids)[0]
         if "mm_token_type_ids" in inputs:
             inputs["mm_token_type_ids"] = types[None].to(inputs["mm_token_type_ids"].dtype)
@@ -117,7 +109,8 @@ class Session:
     # -- decode --------------------------------------------------------------------------------
     def generate(self, logits: torch.Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[int]:
         """Greedy tokens from ``logits`` on; like transformers' generate, the last token (or an
-        end-of-sequence token) is not fed back into the cache."""
+        end-of-sequence token) is not fed back into the cache: the next `extend` brings it, as
+        part of the conversation that follows."""
         tokens: list[int] = []
         for step in range(max_new_tokens):
             token = int(logits.argmax(dim=-1))
@@ -133,9 +126,7 @@ class Session:
                 logits_to_keep=1,
             ).logits[:, -1]
             self.next_position += 1
-        fed = tokens[:-1]
-        self.layout.token_types.append(torch.zeros(len(fed), dtype=torch.long))
-        self.pending = tokens[-1:]
+        self.layout.token_types.append(torch.zeros(len(tokens) - 1, dtype=torch.long))
         return tokens
 
     # -- compress once, answer many ------------------------------------------------------------
@@ -148,7 +139,6 @@ class Session:
             list(self.layout.image_grids),
             list(self.layout.video_grids),
         )
-        twin.pending = list(self.pending)
         return twin
 
     def activate(self) -> None:

@@ -1,0 +1,97 @@
+"""Image chat: the cache carries across turns and matches the unmodified model."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import numpy as np
+import pytest
+import torch
+from checkpoints import write_qwen2_vl
+from PIL import Image
+
+from mmretain import cli
+from mmretain.api import load
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_qwen2_vl(tmp_path_factory.mktemp("qwen2_vl"))
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "shapes.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def vanilla_reply(vlm, messages, max_new_tokens):
+    """Reference: the stock model's greedy reply to the whole conversation, from scratch."""
+    text = vlm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    images = [
+        Image.open(c["image"]).convert("RGB")
+        for m in messages
+        for c in m["content"]
+        if c["type"] == "image"
+    ]
+    inputs = vlm.processor(text=[text], images=images, return_tensors="pt")
+    with torch.inference_mode():
+        out = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def test_two_turns_match_vanilla_and_encode_the_image_once(checkpoint, image_file):
+    vlm = load(checkpoint, policy="snapkv", budget=10_000)
+    encoded = []
+    hook = vlm.model.model.visual.register_forward_hook(lambda *a: encoded.append(1))
+    image = {"type": "image", "image": str(image_file)}
+    turn1 = [{"role": "user", "content": [image, {"type": "text", "text": "what shape is it ?"}]}]
+    first = vlm.chat(turn1, max_new_tokens=4)
+    turn2 = [
+        *turn1,
+        {"role": "assistant", "content": [{"type": "text", "text": first.text}]},
+        {"role": "user", "content": [{"type": "text", "text": "what colour is it ?"}]},
+    ]
+    second = vlm.chat(turn2, max_new_tokens=4)
+    hook.remove()
+    assert encoded == [1]  # turn 2 reused the cached image entries
+    assert second.stats.tokens_seen > first.stats.tokens_seen
+    assert second.stats.seen_by_modality["image"] == 16
+    assert first.tokens == vanilla_reply(vlm, turn1, 4)
+    assert second.tokens == vanilla_reply(vlm, turn2, 4)
+
+
+def test_cli_chat_reads_turns_from_stdin(checkpoint, image_file, monkeypatch, capsys):
+    monkeypatch.setattr(
+        sys, "stdin", io.StringIO("what shape is it ?\nwhat colour is it ?\n/quit\n")
+    )
+    code = cli.main(
+        [
+            "chat",
+            "--image",
+            str(image_file),
+            "--model",
+            str(checkpoint),
+            "--budget",
+            "0.5",
+            "--max-new-tokens",
+            "2",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0
+    assert len(captured.out.strip().splitlines()) == 2  # one reply per turn
+    assert captured.err.count("[kept") == 2
+
+
+@pytest.mark.parametrize("content", [b"not an image at all", None])
+def test_cli_chat_bad_image_exits_2(checkpoint, tmp_path, capsys, content):
+    path = tmp_path / "broken.png"
+    if content is not None:
+        path.write_bytes(content)
+    code = cli.main(["chat", "--image", str(path), "--model", str(checkpoint)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("mmretain: error:") and err.count("\n") == 1
