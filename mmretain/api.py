@@ -224,8 +224,8 @@ class RetainedVLM:
                     progress(
                         VideoProgress(done, total, stats.tokens_seen, stats.entries_kept, budget)
                     )
-            if plan is None:
-                raise media.MediaError(f"no frames could be decoded from {video.path}")
+            # media raises when no frame decodes, so at least one chunk came through
+            assert plan is not None
             tail = adapter.video_tail_embeddings()
             if tail.shape[0]:
                 positions, tags = plan.take(tail.shape[0], done)

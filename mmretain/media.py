@@ -71,6 +71,10 @@ def load_image(
 
     `source` is a path, the encoded bytes of an image file, or a PIL image (never modified).
     EXIF orientation is applied; transparency is composited onto white.
+
+    JPEG decodes directly at a reduced size. Other formats (PNG, WebP, ...) decode at full size
+    before shrinking: about 4 bytes a pixel, so a 20,000 x 20,000 PNG briefly needs ~2 GB.
+    Images above `MAX_DECODE_PIXELS` (after JPEG reduction) are refused with `MediaError`.
     """
     if max_pixels < 1:
         raise MediaError(f"max_pixels must be positive, got {max_pixels}; e.g. 4096 * 4096")
@@ -179,9 +183,10 @@ class VideoInfo:
 
 
 def probe_video(path: str | Path, backend: Backend | None = None) -> VideoInfo:
-    """Read a video's frame rate, frame count and size without decoding its frames.
+    """Read a video's frame rate, frame count and size from its container, not its pixels.
 
-    decord is used when it can open the file, PyAV otherwise; `backend` forces one.
+    decord is used when it can open the file, PyAV otherwise; `backend` forces one. Either may
+    scan the file's packets to count frames; nothing is decoded into memory.
     """
     with closing(_open_video(path, backend)) as video:
         return video.info
@@ -309,7 +314,13 @@ def write_video(
     first = next(frames, None)
     if first is None:
         raise MediaError(f"no frames to write to {path}; pass at least one [H, W, 3] uint8 frame")
-    height, width = np.shape(first)[:2]
+    first = np.asarray(first)
+    if first.ndim != 3 or first.shape[2] != 3:
+        raise MediaError(
+            f"frames must be RGB arrays [H, W, 3], got {first.shape}; "
+            "stack grey frames three times along the last axis"
+        )
+    height, width = first.shape[:2]
     if height % 2 or width % 2:
         raise MediaError(
             f"frames are {width}x{height}; yuv420p video needs even width and height, "
