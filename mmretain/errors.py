@@ -56,3 +56,14 @@ class FrameSamplingError(MediaError):
 
 class MediaWarning(UserWarning):
     """Media was read only in part, for example a video cut short mid-stream."""
+
+
+class UnknownTestbedModelError(MMRetainError, KeyError):
+    """A test-bed model name that is not one of the shipped models."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class SuiteArgumentError(MMRetainError, ValueError):
+    """A test-bed sample that cannot be made: unknown suite or question, bad length or depth."""

@@ -7,13 +7,22 @@ import torch
 from transformers import DynamicCache
 
 import mmretain
+from mmretain.gates import RetentionGates
 from mmretain.policies import POLICIES
+from mmretain.policies.gates import GatedRetention
 
 NEW_TOKENS = 6
 PROMPTS = {
     "one image": [4, "image", 5],
     "two images": [3, "image", 2, "image", 4],
 }
+
+
+def policy_for(name: str, model):
+    """The policy by name; gated ones get fresh tied gates, as identity must hold for any gates."""
+    if issubclass(POLICIES[name], GatedRetention):
+        return POLICIES[name](gates=RetentionGates.for_model(model, tied=True, width=16))
+    return name
 
 
 def greedy(model, inputs, **extra):
@@ -26,7 +35,8 @@ def test_vlm_generate_matches_vanilla(vlm, policy, prompt):
     inputs = vlm.prompt(PROMPTS[prompt])
     expected = greedy(vlm.model, inputs)
     budget = inputs["input_ids"].shape[1] + NEW_TOKENS
-    with mmretain.retain(vlm.model, policy=policy, budget=budget, recent=8) as run:
+    config = dict(policy=policy_for(policy, vlm.model), budget=budget, recent=8)
+    with mmretain.retain(vlm.model, **config) as run:
         got = greedy(vlm.model, inputs)
     assert torch.equal(got, expected)
     seen_visual = int((inputs["input_ids"] >= 120).sum())

@@ -1,6 +1,7 @@
 """Retention policies, by name. Each file is one family of scores."""
 
 from . import attention, simple
+from . import gates as gates  # registers the gated policies: trimkv, global
 from .base import POLICIES, LayerView, RetentionPolicy, build_policy, register
 
 __all__ = [

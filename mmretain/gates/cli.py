@@ -1,0 +1,96 @@
+"""``train-gates``: train retention gates for a model and save them where a policy finds them.
+
+    train-gates --model M --data testbed|DIR --budget B --steps N --out DIR [--resume]
+                [--tied | --untied] [--lr LR] [--checkpoint-every K] [--width W] [--seed S]
+
+To ship gates with a model, write them into the model's directory: ``--out M/retention_gates``
+(tied; loaded by ``policy="global"``) or ``--out M/retention_gates_untied --untied`` (loaded by
+``policy="trimkv"``). Only the two ``retention_gates.*`` files need to ship; ``checkpoints/``
+is for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+from ..errors import MMRetainError
+from .data import BatchDirectory, testbed_batches
+from .train import train_gates
+
+PROG = "mmretain train-gates"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train retention gates (TRIM-KV, or tied for one global ranking) for a "
+        "frozen model by distillation under a KV capacity loss.",
+    )
+    parser.add_argument("--model", required=True, help="model directory or hub id")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="'testbed' (the test-bed suites) or a directory of *.jsonl / *.safetensors batches",
+    )
+    parser.add_argument("--budget", type=int, required=True, help="capacity M in tokens")
+    parser.add_argument("--steps", type=int, required=True, help="optimizer steps")
+    parser.add_argument("--out", type=Path, required=True, help="directory for the gates")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    variant = parser.add_mutually_exclusive_group()
+    variant.add_argument(
+        "--tied",
+        dest="tied",
+        action="store_true",
+        default=True,
+        help="one readout shared by all layers, for policy 'global' (default)",
+    )
+    variant.add_argument(
+        "--untied", dest="tied", action="store_false", help="TRIM-KV gates, for policy 'trimkv'"
+    )
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--width", type=int, default=512, help="hidden width of each gate")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def load_model(name: str) -> nn.Module:
+    """A multimodal model as image-text-to-text, anything else as a causal LM, in its dtype."""
+    config = AutoConfig.from_pretrained(name)
+    auto = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+    return auto.from_pretrained(name, dtype="auto")
+
+
+def training_data(data: str, model: str) -> Iterable[dict[str, torch.Tensor]]:
+    return testbed_batches(model) if data == "testbed" else BatchDirectory(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        batches = training_data(args.data, args.model)
+        train_gates(
+            load_model(args.model),
+            batches,
+            budget=args.budget,
+            tied=args.tied,
+            steps=args.steps,
+            out=args.out,
+            lr=args.lr,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            width=args.width,
+            seed=args.seed,
+        )
+    except (MMRetainError, OSError, ImportError, ValueError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    print(f"retention gates written to {args.out}")
+    return 0

@@ -1,0 +1,168 @@
+"""`train_gates`: fit retention gates to a frozen model by distillation under a capacity loss.
+
+TRIM-KV (untied gates, per-head capacity): https://arxiv.org/abs/2512.03324.
+"Make Each Token Count" (tied gates, one global capacity): https://arxiv.org/abs/2605.09649.
+
+`accelerate` places the model and gates on the device of the run, shards the batches between
+processes and averages the gates' gradients, so the same loop runs on a CPU or on many GPUs
+(``accelerate launch -m mmretain.gates ...``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .data import batch_stream
+from .loss import LossTerms, distillation_loss
+from .retention_gates import GatesConfig, RetentionGates
+
+# The gates start saturated (sigmoid'(18) ≈ 1.5e-8), so their first gradients are tiny; a small
+# epsilon keeps Adam's normalised step from being swamped by it.
+ADAM_EPS = 1e-12
+SMOOTHING = 0.9  # of the running loss terms on the progress bar
+
+
+def train_gates(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    *,
+    budget: int,
+    tied: bool,
+    steps: int,
+    out: str | Path,
+    lr: float = 1e-3,
+    checkpoint_every: int = 100,
+    resume: bool = False,
+    width: int = 512,
+    seed: int = 0,
+    progress: bool = True,
+) -> RetentionGates:
+    """Train gates for ``model`` for ``steps`` optimizer steps and save them to ``out``.
+
+    ``budget`` is the capacity M in tokens (per head; tied gates get the same memory as one
+    global pool). ``tied=True`` trains the global variant, ``tied=False`` TRIM-KV's. A checkpoint
+    goes to ``out/checkpoints/`` every ``checkpoint_every`` steps and at the end; with ``resume``
+    training continues from the latest one (gates, optimizer, step, data position). The final
+    gates are written to ``out`` with `RetentionGates.save_pretrained`.
+    """
+    if budget < 1 or steps < 0 or checkpoint_every < 1:
+        raise ValueError(
+            f"budget and checkpoint_every must be >= 1 and steps >= 0; got budget={budget}, "
+            f"checkpoint_every={checkpoint_every}, steps={steps}"
+        )
+    out = Path(out)
+    accelerator = Accelerator()
+    settings = {"budget": budget, "tied": tied}
+    checkpoint = latest_checkpoint(out) if resume else None
+    if checkpoint is None:
+        config = replace(GatesConfig.for_model(model.config, tied=tied, width=width), budget=budget)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            gates = RetentionGates(config)
+    else:
+        gates = RetentionGates.from_pretrained(checkpoint, model=model)
+    if not hasattr(model, "hf_device_map"):  # a model split over devices stays where it is
+        model.to(accelerator.device)
+    gates.to(accelerator.device).train()
+    optimizer = torch.optim.AdamW(gates.parameters(), lr=lr, eps=ADAM_EPS, weight_decay=0.0)
+    start = 0
+    if checkpoint is not None:
+        start, saved = load_checkpoint(checkpoint, optimizer)
+        if saved != settings:
+            raise ValueError(
+                f"the checkpoint in {checkpoint} was trained with {saved}, not {settings}; "
+                "pass the same settings or a new output directory"
+            )
+    stream = batch_stream(
+        batches, skip=start, shard=(accelerator.process_index, accelerator.num_processes)
+    )
+    bar = tqdm(
+        range(start, steps),
+        initial=start,
+        total=steps,
+        desc="train-gates",
+        disable=not (progress and accelerator.is_local_main_process),
+    )
+    running: dict[str, float] = {}
+    with frozen(model):
+        for step in bar:
+            terms = _step(model, gates, optimizer, accelerator, next(stream), budget, tied)
+            _update_running(running, terms)
+            bar.set_postfix({name: f"{value:.4g}" for name, value in running.items()})
+            done = step + 1
+            if done % checkpoint_every == 0 or done == steps:
+                _checkpoint(accelerator, out, done, gates, optimizer, settings)
+    if accelerator.is_main_process:
+        gates.save_pretrained(out)
+    accelerator.wait_for_everyone()
+    return gates
+
+
+def _step(
+    model: nn.Module,
+    gates: RetentionGates,
+    optimizer: torch.optim.Optimizer,
+    accelerator: Accelerator,
+    batch: dict[str, torch.Tensor],
+    budget: int,
+    tied: bool,
+) -> LossTerms:
+    batch = {name: value.to(accelerator.device) for name, value in batch.items()}
+    terms = distillation_loss(model, gates, batch, budget=budget, global_capacity=tied)
+    accelerator.backward(terms.total)
+    # The gates run once per layer in a forward, which DDP's wrapper does not allow, so their
+    # gradients are averaged between processes here instead.
+    for parameter in gates.parameters():
+        if parameter.grad is not None:
+            parameter.grad = accelerator.reduce(parameter.grad, reduction="mean")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return terms
+
+
+def _update_running(running: dict[str, float], terms: LossTerms) -> None:
+    values = {
+        "kl": terms.kl.item(),
+        "ce": terms.ce.item(),
+        "cap": terms.capacity.item(),
+        "loss": terms.total.item(),
+    }
+    for name, value in values.items():
+        previous = running.get(name, value)
+        running[name] = SMOOTHING * previous + (1 - SMOOTHING) * value
+
+
+def _checkpoint(
+    accelerator: Accelerator,
+    out: Path,
+    step: int,
+    gates: RetentionGates,
+    optimizer: torch.optim.Optimizer,
+    settings: dict,
+) -> None:
+    if accelerator.is_main_process:
+        save_checkpoint(out, step, gates, optimizer, settings)
+    accelerator.wait_for_everyone()
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode with no parameter requiring grad; both restored on exit."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval().requires_grad_(False)
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+        model.train(was_training)

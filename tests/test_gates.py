@@ -1,0 +1,345 @@
+"""Learned retention gates: capacity sum, soft retention, save/load, training and gated policies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import FACTORIES, TEXT
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import mmretain
+from mmretain.errors import GatesMismatchError, GatesNotFoundError
+from mmretain.gates import BatchDirectory, RetentionGates, capacity, train_gates
+from mmretain.gates.cli import main as train_gates_cli
+from mmretain.gates.loss import distillation_loss
+from mmretain.gates.soft_retention import retention_bias, soft_retention
+from mmretain.policies.gates import GlobalRetention
+
+WIDTH = 16  # gate width: small gates keep the tests fast
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices gain nothing from intra-op threads, and on a busy machine their
+    synchronisation makes a training step 10-40x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_gates(model, *, tied: bool = True, bias: float | None = None, seed: int = 0):
+    """Gates for ``model``; ``bias`` overrides the readout bias (0: β ≈ 1/2, varied)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gates = RetentionGates.for_model(model, tied=tied, width=WIDTH)
+    if bias is not None:
+        with torch.no_grad():
+            for readout in gates.readouts:
+                readout.bias.fill_(bias)
+    return gates
+
+
+def naive_live(log_beta: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """S_t = Σ_{i≤t, valid i} β_i^(t−i) with the full T × T matrix."""
+    steps = torch.arange(log_beta.shape[-1])
+    age = (steps[:, None] - steps[None, :]).to(log_beta.dtype)
+    counted = (age >= 0) & valid[..., None, :]
+    return torch.where(counted, log_beta[..., None, :].exp() ** age.clamp_min(0), 0.0).sum(-1)
+
+
+def random_token_batches(n: int, length: int = 48, seed: int = 1) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n):
+        target = torch.zeros(2, length, dtype=torch.long)
+        target[:, length // 2 :] = 1
+        batches.append(
+            {"input_ids": torch.randint(3, 100, (2, length), generator=g), "target_mask": target}
+        )
+    return batches
+
+
+# -- capacity ------------------------------------------------------------------------------------
+def test_capacity_sum_equals_naive_formula(monkeypatch):
+    monkeypatch.setattr(capacity, "BLOCK_ELEMENTS", 500)  # many blocks, a ragged last one
+    g = torch.Generator().manual_seed(0)
+    log_beta = (-torch.rand(2, 3, 2, 45, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+    valid = torch.ones(2, 45, dtype=torch.bool)
+    valid[1, :7] = False  # left padding
+    valid_b = valid[:, None, None, :]
+
+    live = capacity.expected_live_entries(log_beta, valid_b)
+    expected = naive_live(log_beta, valid_b)
+    torch.testing.assert_close(live, expected, rtol=1e-12, atol=1e-12)
+
+    weights = torch.randn(live.shape, generator=g, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((live * weights).sum(), log_beta)
+    (want,) = torch.autograd.grad((expected * weights).sum(), log_beta)
+    torch.testing.assert_close(grad, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("global_capacity", [False, True])
+def test_capacity_loss_is_mean_of_nonzero_overflow_terms(global_capacity):
+    g = torch.Generator().manual_seed(1)
+    log_beta = -torch.rand(1, 3, 2, 30, generator=g, dtype=torch.float64) * 0.3
+    budget, valid = 6, torch.ones(1, 30, dtype=torch.bool)
+    live = naive_live(log_beta, valid[:, None, None, :])
+    seen = torch.arange(1, 31, dtype=torch.float64)
+    if global_capacity:
+        live, seen, budget_all = live.sum(dim=(1, 2)), seen * 6, budget * 6
+    else:
+        budget_all = budget
+    terms = torch.relu((live - budget_all) / (seen - budget_all).clamp_min(1))
+    want = terms[terms > 0].mean()
+    got = capacity.capacity_loss(log_beta, budget, valid, global_capacity=global_capacity)
+    torch.testing.assert_close(got, want)
+
+
+# -- soft retention ------------------------------------------------------------------------------
+def test_retention_bias_is_log_beta_times_age():
+    log_beta = torch.tensor([[[-0.5, -0.25, -1.0]]])
+    bias = retention_bias(log_beta, n_queries=2)[0, 0]  # queries t = 1, 2
+    assert torch.equal(bias, torch.tensor([[-0.5, 0.0, 0.0], [-1.0, -0.25, 0.0]]))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
+def test_bias_at_beta_one_is_exactly_the_unmodified_attention(family):
+    tiny = FACTORIES[family]()
+    gates = make_gates(tiny.model, bias=200.0)  # logsigmoid(200) == 0 in float32: β = 1
+    if family == "llama":  # a left-padded batch of two
+        ids = torch.stack(
+            [tiny.text(20), torch.cat([torch.zeros(5, dtype=torch.long), tiny.text(15)])]
+        )
+        mask = (ids != 0).long()
+        inputs = {"input_ids": ids, "attention_mask": mask}
+    else:
+        inputs = tiny.prompt([5, "image", 3, "video", 6])
+    with torch.no_grad():
+        stock = tiny.model(**inputs).logits
+        with soft_retention(tiny.model, gates) as log_betas:
+            soft = tiny.model(**inputs).logits
+    assert all(bool((lb == 0).all()) for lb in log_betas.values())
+    assert len(log_betas) == 3
+    if family == "llama":
+        stock, soft = stock[mask.bool()], soft[mask.bool()]
+    assert torch.equal(soft, stock)
+    assert tiny.model.config.get_text_config()._attn_implementation == "sdpa"
+
+
+def test_soft_retention_restores_attention_when_the_forward_fails(llama):
+    gates = make_gates(llama.model)
+    with pytest.raises(RuntimeError), soft_retention(llama.model, gates):
+        raise RuntimeError("boom")
+    assert llama.model.config._attn_implementation == "sdpa"
+    assert not any(m._forward_pre_hooks for m in llama.model.modules())
+
+
+# -- save / load ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("tied", [True, False])
+def test_save_load_round_trips_bit_exactly(tmp_path, llama, tied):
+    gates = make_gates(llama.model, tied=tied, seed=3)
+    with torch.no_grad():
+        for p in gates.parameters():
+            p.add_(torch.randn_like(p))
+    gates.save_pretrained(tmp_path)
+    loaded = RetentionGates.from_pretrained(tmp_path, model=llama.model)
+
+    assert loaded.config == gates.config
+    want = gates.state_dict()
+    got = loaded.state_dict()
+    assert got.keys() == want.keys()
+    assert len([k for k in got if k.startswith("readouts.")]) == (2 if tied else 6)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    record = json.loads((tmp_path / "retention_gates.json").read_text())
+    assert record == {
+        "format": "mmretain-retention-gates",
+        "model_family": "llama",
+        "hidden_size": 64,
+        "num_layers": 3,
+        "num_kv_heads": 2,
+        "tied": tied,
+        "width": WIDTH,
+        "budget": None,
+    }
+
+
+def test_gates_in_a_model_they_do_not_fit_name_both_shapes(tmp_path, llama):
+    make_gates(llama.model).save_pretrained(tmp_path)
+    other = LlamaForCausalLM(
+        LlamaConfig(**dict(TEXT, hidden_size=32, num_hidden_layers=2, num_key_value_heads=4))
+    )
+    both = r"llama \(hidden 64, 3 layers, 2 KV heads\).*llama \(hidden 32, 2 layers, 4 KV heads\)"
+    with pytest.raises(GatesMismatchError, match=both) as raised:
+        RetentionGates.from_pretrained(tmp_path, model=other)
+    assert isinstance(raised.value, ValueError)
+    policy = GlobalRetention(gates=str(tmp_path))
+    with pytest.raises(GatesMismatchError, match=both), mmretain.retain(other, policy=policy):
+        pass
+    assert other.config._attn_implementation == "sdpa"
+
+
+def test_global_policy_refuses_untied_gates(llama):
+    policy = GlobalRetention(gates=make_gates(llama.model, tied=False))
+    with (
+        pytest.raises(GatesMismatchError, match="needs tied gates"),
+        mmretain.retain(llama.model, policy=policy),
+    ):
+        pass
+
+
+def test_missing_shipped_gates_name_the_path_and_the_command(tmp_path, llama):
+    llama.model.save_pretrained(tmp_path)
+    model = LlamaForCausalLM.from_pretrained(tmp_path)
+    expected = f"{tmp_path / 'retention_gates'} does not exist.*mmretain train-gates"
+    with pytest.raises(GatesNotFoundError, match=expected), mmretain.retain(model, policy="global"):
+        pass
+
+
+# -- training ------------------------------------------------------------------------------------
+def test_twenty_steps_lower_the_loss(tmp_path, llama):
+    batches = random_token_batches(4)
+    kwargs = dict(budget=8, tied=True, width=WIDTH, lr=5e-2, progress=False)
+    before = train_gates(llama.model, batches, steps=0, out=tmp_path / "init", **kwargs)
+    after = train_gates(llama.model, batches, steps=20, out=tmp_path / "trained", **kwargs)
+
+    def loss(gates) -> float:
+        with torch.no_grad():
+            terms = [
+                distillation_loss(llama.model, gates, b, budget=8, global_capacity=True)
+                for b in batches
+            ]
+            return sum(t.total.item() for t in terms)
+
+    assert loss(after) < 0.9 * loss(before)
+    assert all(p.requires_grad for p in llama.model.parameters())  # unfrozen again
+    assert RetentionGates.from_pretrained(tmp_path / "trained").config.budget == 8
+
+
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path, llama):
+    model_dir, data_dir = tmp_path / "model", tmp_path / "data"
+    llama.model.save_pretrained(model_dir)
+    data_dir.mkdir()
+    with (data_dir / "samples.jsonl").open("w") as lines:
+        for batch in random_token_batches(3, length=24):
+            for row in range(2):
+                sample = {name: value[row].tolist() for name, value in batch.items()}
+                lines.write(json.dumps(sample) + "\n")
+    args = ["--model", str(model_dir), "--data", str(data_dir), "--budget", "6", "--untied"]
+    args += ["--width", str(WIDTH), "--lr", "1e-2", "--checkpoint-every", "1"]
+    out = tmp_path / "gates"
+    assert train_gates_cli([*args, "--steps", "2", "--out", str(out)]) == 0
+    assert train_gates_cli([*args, "--steps", "4", "--out", str(out), "--resume"]) == 0
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000004"]
+
+    straight = train_gates(
+        LlamaForCausalLM.from_pretrained(model_dir),
+        BatchDirectory(data_dir),
+        budget=6,
+        tied=False,
+        steps=4,
+        out=tmp_path / "straight",
+        lr=1e-2,
+        width=WIDTH,
+        progress=False,
+    )
+    resumed = RetentionGates.from_pretrained(out).state_dict()
+    assert all(torch.equal(resumed[k], v) for k, v in straight.state_dict().items())
+
+
+def test_cli_reports_bad_data_in_one_line(tmp_path, capsys):
+    args = ["--model", "unused", "--data", str(tmp_path / "nowhere"), "--budget", "8"]
+    code = train_gates_cli([*args, "--steps", "1", "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "nowhere" in err and len(err.splitlines()) == 1
+
+
+# -- gated policies ------------------------------------------------------------------------------
+def test_global_with_shipped_gates_and_full_budget_is_vanilla_generate(tmp_path, vlm):
+    vlm.model.save_pretrained(tmp_path)
+    make_gates(vlm.model, bias=0.0).save_pretrained(tmp_path / "retention_gates")
+    model = type(vlm.model).from_pretrained(tmp_path).eval()
+    inputs = vlm.prompt([6, "image", 8])
+    vanilla = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    with mmretain.retain(model, policy="global", budget=4096) as run:
+        retained = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert torch.equal(retained, vanilla)
+    assert run.stats.entries_kept == run.stats.tokens_seen * run.n_layers * run.n_heads
+
+
+def kept_positions(cache) -> dict[tuple[int, int], set[int]]:
+    return {
+        (layer_idx, h): set(p[0][p[0] >= 0].tolist())
+        for layer_idx, layer in enumerate(cache.layers)
+        for h, p in enumerate(layer.positions)
+    }
+
+
+@pytest.mark.parametrize(("policy", "allocation"), [("global", "global"), ("trimkv", "uniform")])
+def test_eviction_keeps_the_highest_log_beta_times_age(llama, policy, allocation):
+    model, budget, length = llama.model, 10, 40
+    gates = make_gates(model, tied=policy == "global", bias=0.0, seed=5)
+    ids = llama.text(length)[None]
+    with torch.no_grad():
+        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+        # score of entry (layer, head, i) after the prompt: log β_i · (t − i), t the last position
+        age = (length - 1 - torch.arange(length)).float()
+        scores = torch.stack(
+            [
+                gates.log_retention(i, layer.input_layernorm(hidden[i]))[0] * age
+                for i, layer in enumerate(model.model.layers)
+            ]
+        )  # [layers, heads, T]
+    if allocation == "global":
+        flat = scores.flatten()
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        keep[flat.topk(budget * scores.shape[0] * scores.shape[1]).indices] = True
+        keep = keep.view_as(scores)
+    else:
+        keep = torch.zeros_like(scores, dtype=torch.bool)
+        keep.scatter_(-1, scores.topk(budget, dim=-1).indices, True)
+    expected = {
+        (layer, h): set(keep[layer, h].nonzero().flatten().tolist())
+        for layer in range(scores.shape[0])
+        for h in range(scores.shape[1])
+    }
+
+    config = mmretain.RetentionConfig(
+        policy=policy,
+        policy_kwargs={"gates": gates},
+        budget=budget,
+        allocation=allocation,
+        sink=0,
+        recent=0,
+        protect_turn=False,
+        buffer=0,
+    )
+    with mmretain.retain(model, config) as run, torch.no_grad():
+        cache = run.new_cache()
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+    assert cache.evictions == 1
+    assert kept_positions(cache) == expected
+
+
+def test_global_under_a_tight_budget_streams_in_chunks_and_decodes(vlm):
+    gates = make_gates(vlm.model, bias=0.0)
+    inputs = vlm.prompt([20, "image", 30])
+    config = mmretain.RetentionConfig(
+        policy=GlobalRetention(gates=gates),
+        budget=40,
+        chunk_tokens=16,
+        buffer=4,
+        sink=2,
+        recent=8,
+        protect_turn=False,
+    )
+    with mmretain.retain(vlm.model, config) as run:
+        out = vlm.model.generate(**inputs, max_new_tokens=10, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 10
+    assert run.stats.evictions >= 2
+    per_position = run.n_layers * run.n_heads
+    assert run.stats.peak_bytes_held <= run.stats.bytes_full_cache
+    assert run.stats.entries_kept <= (40 + 4) * per_position
