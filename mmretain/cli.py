@@ -12,6 +12,18 @@ from dataclasses import asdict
 from .errors import MMRetainError
 
 DEFAULT_MODEL = "testbed"
+DELEGATED_HELP = {
+    "train-gates": "train retention gates for a model (see `mmretain train-gates --help`)",
+    "testbed": "procedural suites and the test-bed models (see `mmretain testbed --help`)",
+}
+
+
+def _delegated(name: str):
+    if name == "train-gates":
+        from .gates.cli import main as run
+    else:
+        from .testbed.cli import main as run
+    return run
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +38,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default="0.1",
         help="KV budget: tokens (1024), a fraction of tokens seen (0.1) or bytes (512MiB)",
     )
-    parser.add_argument("--allocation", default="global", choices=("global", "layer", "uniform"))
+    parser.add_argument(
+        "--allocation",
+        default=None,
+        choices=("global", "layer", "uniform"),
+        help="default: the policy's own (global; uniform for trimkv)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=64)
 
 
@@ -62,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="chat about an image, interactively")
     chat.add_argument("--image", required=True, help="path to an image")
     _common(chat)
+
+    # Commands whose own parsers live with their modules: everything after the name goes there.
+    for name, help_text in DELEGATED_HELP.items():
+        commands.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
@@ -180,6 +201,9 @@ def chat(args) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED_HELP:
+        return _delegated(argv[0])(argv[1:])
     args = build_parser().parse_args(argv)
     from transformers.utils import logging
 

@@ -18,7 +18,8 @@ class RetentionConfig:
         budget: tokens (1024: the memory of a 1024-token full cache), a fraction of the tokens
             seen (0.1) or bytes ("512MiB").
         allocation: "global" (one ranking over every layer, head and position), "layer"
-            (an equal share per layer) or "uniform" (an equal share per layer and head).
+            (an equal share per layer) or "uniform" (an equal share per layer and head);
+            default: the policy's preferred one (global for all but trimkv).
         sink: first tokens never evicted. recent: last tokens never evicted.
         protect_turn: never evict the text of the latest prompt (the current user turn).
         chunk_tokens: prefill at most this many tokens per forward, evicting after each, so
@@ -32,7 +33,7 @@ class RetentionConfig:
 
     policy: str | RetentionPolicy = "snapkv"
     budget: int | float | str = 1024
-    allocation: str = "global"
+    allocation: str | None = None
     sink: int = 4
     recent: int = 32
     protect_turn: bool = True
@@ -42,6 +43,9 @@ class RetentionConfig:
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.retention_policy = build_policy(self.policy, **self.policy_kwargs)
+        if self.allocation is None:
+            self.allocation = self.retention_policy.preferred_allocation
         if self.allocation not in ALLOCATIONS:
             raise ValueError(
                 f"unknown allocation {self.allocation!r}; choose one of {', '.join(ALLOCATIONS)}"
@@ -64,4 +68,3 @@ class RetentionConfig:
                 f"(sink={self.sink} + recent={self.recent}); "
                 "raise the budget or lower sink/recent"
             )
-        self.retention_policy = build_policy(self.policy, **self.policy_kwargs)

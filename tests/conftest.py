@@ -18,6 +18,9 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
+# The models here are tiny: thread fan-out costs more than it buys, and the machine is shared.
+torch.set_num_threads(1)
+
 VOCAB = 128
 TEXT = dict(
     vocab_size=VOCAB,
@@ -150,3 +153,359 @@ def vlm(request) -> TinyVLM:
 @pytest.fixture(scope="session")
 def llama() -> TinyVLM:
     return make_llama()
+
+
+# -- families driven by their real processors ----------------------------------------------------
+# Each factory builds a tiny random-weight model of the real class and the family's real
+# processor over a word-level tokenizer, so tests see exactly the placeholders a processor emits.
+
+LLAVA_SPECIAL = ["<pad>", "<unk>", "</s>", "<image>", "<video>"]
+QWEN_SPECIAL = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+FAMILY_SPECIAL = LLAVA_SPECIAL + QWEN_SPECIAL
+FAMILY_WORDS = ["what", "is", "the", "colour", "of", "a", "red", "green", "blue", "shape", "?"]
+
+
+def family_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(FAMILY_SPECIAL + FAMILY_WORDS)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token="</s>",
+        additional_special_tokens=FAMILY_SPECIAL[3:],
+    )
+
+
+def family_text(tokenizer) -> dict:
+    """Config fields every tiny decoder shares, with token ids from ``tokenizer``."""
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=ids("<pad>"),
+        bos_token_id=None,
+        eos_token_id=ids("</s>"),
+    )
+
+
+@dataclass
+class TinyFamily:
+    """A tiny model with its real processor; ``prompt`` goes through that processor."""
+
+    model: torch.nn.Module
+    processor: object
+    family: str
+    image_placeholder: str
+    video_placeholder: str
+    image_shapes: tuple[tuple[int, int], ...]  # (height, width) of the i-th image of a prompt
+    video_shape: tuple[int, int, int]  # (frames, height, width)
+    generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
+
+    def image(self, index: int) -> torch.Tensor:
+        h, w = self.image_shapes[index % len(self.image_shapes)]
+        return torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=self.generator)
+
+    def video(self) -> torch.Tensor:
+        """Frames [n, H, W, 3], as a video reader returns them."""
+        n, h, w = self.video_shape
+        return torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8, generator=self.generator)
+
+    def prompt(self, segments: list[int | str], fps: float | None = None) -> dict:
+        """Processor output for text runs (ints: that many words) and "image"/"video"."""
+        words, images, videos = [], [], []
+        for segment in segments:
+            if isinstance(segment, int):
+                picks = torch.randint(len(FAMILY_WORDS), (segment,), generator=self.generator)
+                words.extend(FAMILY_WORDS[i] for i in picks.tolist())
+            elif segment == "image":
+                words.append(self.image_placeholder)
+                images.append(self.image(len(images)))
+            else:
+                words.append(self.video_placeholder)
+                videos.append(self.video())
+        return self.process(words, images, videos, fps)
+
+    def process(
+        self,
+        words: list[str],
+        images: list[torch.Tensor] | None = None,
+        videos: list[torch.Tensor] | None = None,
+        fps: float | None = None,
+    ) -> dict:
+        """The processor's output for one prompt. Videos come as frames already sampled at
+        ``fps``; without it, the processor's default for frames without metadata applies."""
+        extra = {}
+        if videos and fps is not None:
+            extra["video_metadata"] = [
+                {"total_num_frames": len(v), "fps": fps, "frames_indices": list(range(len(v)))}
+                for v in videos
+            ]
+        out = self.processor(
+            text=[" ".join(words)],
+            images=[images] if images else None,
+            videos=videos or None,
+            return_tensors="pt",
+            **extra,
+        )
+        return dict(out)
+
+
+def make_llava_next() -> TinyFamily:
+    from transformers import (
+        CLIPVisionConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    torch.manual_seed(0)
+    tokenizer = family_tokenizer()
+    pinpoints = [[28, 56], [56, 28], [56, 56]]
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=7,
+    )
+    config = LlavaNextConfig(
+        vision_config=vision,
+        text_config=LlamaConfig(**family_text(tokenizer)),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessor(
+            size={"shortest_edge": 28},
+            crop_size={"height": 28, "width": 28},
+            image_grid_pinpoints=pinpoints,
+        ),
+        tokenizer=tokenizer,
+        patch_size=7,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    return TinyFamily(
+        LlavaNextForConditionalGeneration(config).eval(),
+        processor,
+        "llava_next",
+        "<image>",
+        "",
+        ((40, 70), (50, 45)),
+        (0, 0, 0),
+    )
+
+
+def make_llava_onevision() -> TinyFamily:
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        SiglipVisionConfig,
+    )
+
+    torch.manual_seed(0)
+    tokenizer = family_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    pinpoints = [[28, 28], [28, 56], [56, 28], [56, 56], [56, 84]]
+    vision = SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=7,
+    )
+    # anyres_max_4: a canvas of more than ~4 crops is shrunk, so both packing paths run.
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=Qwen2Config(**family_text(tokenizer)),
+        image_token_id=ids("<image>"),
+        video_token_id=ids("<video>"),
+        image_grid_pinpoints=pinpoints,
+        vision_aspect_ratio="anyres_max_4",
+    )
+    size = {"height": 28, "width": 28}
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=pinpoints),
+        video_processor=LlavaOnevisionVideoProcessor(size=size),
+        tokenizer=tokenizer,
+        num_image_tokens=16,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_4",
+    )
+    return TinyFamily(
+        LlavaOnevisionForConditionalGeneration(config).eval(),
+        processor,
+        "llava_onevision",
+        "<image>",
+        "<video>",
+        ((40, 70), (56, 60)),
+        (5, 28, 28),
+    )
+
+
+def qwen_processor(processor_cls, video_processor, tokenizer, patch: int):
+    from transformers import Qwen2VLImageProcessor
+
+    side = 2 * patch  # one merged token
+    image_processor = Qwen2VLImageProcessor(
+        patch_size=patch,
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=(2 * side) ** 2,
+        max_pixels=(4 * side) ** 2,
+    )
+    return processor_cls(
+        image_processor=image_processor, video_processor=video_processor, tokenizer=tokenizer
+    )
+
+
+def make_qwen2_5_vl() -> TinyFamily:
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    torch.manual_seed(0)
+    tokenizer = family_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    text = dict(
+        family_text(tokenizer),
+        rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]},
+    )
+    # window_size 56 = 2 x 2 merged tokens per window: a 4 x 4 token image has four windows.
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=64,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=56,
+        fullatt_block_indexes=[1],
+        tokens_per_second=2,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    videos = Qwen2VLVideoProcessor(
+        patch_size=14,
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=56 * 56,
+        max_pixels=56 * 112,
+        cap_pixels_per_frame=False,
+    )
+    processor = qwen_processor(Qwen2_5_VLProcessor, videos, tokenizer, 14)
+    return TinyFamily(
+        Qwen2_5_VLForConditionalGeneration(config).eval(),
+        processor,
+        "qwen2_5_vl",
+        "<|vision_start|><|image_pad|><|vision_end|>",
+        "<|vision_start|><|video_pad|><|vision_end|>",
+        ((112, 112), (60, 110)),
+        (6, 56, 112),
+    )
+
+
+def make_qwen3_vl() -> TinyFamily:
+    from transformers import (
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    torch.manual_seed(0)
+    tokenizer = family_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    text = dict(
+        family_text(tokenizer),
+        head_dim=16,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 1e4,
+            "mrope_section": [4, 2, 2],
+            "mrope_interleaved": True,
+        },
+    )
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=64,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=16,
+        deepstack_visual_indexes=[0, 1],
+    )
+    config = Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    videos = Qwen3VLVideoProcessor(
+        patch_size=16,
+        merge_size=2,
+        temporal_patch_size=2,
+        do_sample_frames=False,
+        size={"shortest_edge": 64 * 64, "longest_edge": 6 * 64 * 128},
+        cap_pixels_per_frame=False,
+    )
+    processor = qwen_processor(Qwen3VLProcessor, videos, tokenizer, 16)
+    return TinyFamily(
+        Qwen3VLForConditionalGeneration(config).eval(),
+        processor,
+        "qwen3_vl",
+        "<|vision_start|><|image_pad|><|vision_end|>",
+        "<|vision_start|><|video_pad|><|vision_end|>",
+        ((128, 128), (70, 120)),
+        (6, 64, 128),
+    )
+
+
+FAMILY_FACTORIES = {
+    "llava_next": make_llava_next,
+    "llava_onevision": make_llava_onevision,
+    "qwen2_5_vl": make_qwen2_5_vl,
+    "qwen3_vl": make_qwen3_vl,
+}
+
+
+_FAMILIES: dict[str, TinyFamily] = {}
+
+
+def tiny_family(name: str) -> TinyFamily:
+    """One shared instance per family: tests never train them, and building costs time."""
+    if name not in _FAMILIES:
+        _FAMILIES[name] = FAMILY_FACTORIES[name]()
+    return _FAMILIES[name]

@@ -91,6 +91,7 @@ class RetentionPolicy(ABC):
     comparable: ClassVar[bool] = True
     evicts: ClassVar[bool] = True
     uses_vision_saliency: ClassVar[bool] = False  # engine taps the vision encoder (VisionZip)
+    preferred_allocation: ClassVar[str] = "global"  # used when the config names none
 
     def init_state(
         self, layer: int, hidden: torch.Tensor | None, keys: torch.Tensor

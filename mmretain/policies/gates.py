@@ -89,12 +89,13 @@ class TrimKV(GatedRetention):
 
     Bui et al., "Cache What Lasts: Token Retention for Memory-Bounded KV Cache in LLMs",
     https://arxiv.org/abs/2512.03324. Untied gates score each head on its own scale, so use
-    ``allocation="uniform"`` (each layer and head keeps an equal share), as in the paper. The
-    policy cannot choose the allocation: it is ``RetentionConfig.allocation``. Shipped gates are
-    read from ``retention_gates_untied/``; tied gates are accepted too.
+    ``allocation="uniform"`` (each layer and head keeps an equal share), as in the paper; that is
+    the default when `RetentionConfig.allocation` is not given. Shipped gates are read from
+    ``retention_gates_untied/``; tied gates are accepted too.
     """
 
     name = "trimkv"
+    preferred_allocation = "uniform"
     shipped_folder = "retention_gates_untied"
 
 
@@ -106,8 +107,7 @@ class GlobalRetention(GatedRetention):
     Bui et al., "Make Each Token Count: Towards Improving Long-Context Performance with KV Cache
     Eviction", https://arxiv.org/abs/2605.09649. The readout shared by all layers puts their
     scores on one scale, which is what ``allocation="global"`` (one top-k over every entry, the
-    `RetentionConfig` default) needs; the policy cannot choose the allocation itself. Shipped
-    gates are read from ``retention_gates/``; untied gates are refused.
+    default) needs. Shipped gates are read from ``retention_gates/``; untied gates are refused.
     """
 
     name = "global"
