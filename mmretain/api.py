@@ -212,7 +212,9 @@ class RetainedVLM:
                 chunk = adapter.process_video_chunk(self.processor, frames)
                 embeddings = adapter.video_chunk_embeddings(chunk)
                 if plan is None:
-                    plan = _VideoPlan.make(adapter, session, chunk, embeddings, len(frames), total)
+                    plan = _VideoPlan.make(
+                        adapter, session, chunk, embeddings, len(frames), total, video.sampled_fps
+                    )
                 positions, tags = plan.take(embeddings.shape[0], done)
                 session.extend_embeddings(embeddings[None], positions, tags)
                 done += len(frames)
@@ -261,10 +263,20 @@ class _VideoPlan:
     grid_h: int
     grid_w: int
     grid: torch.Tensor | None  # planned (t, h, w) for M-RoPE families
+    seconds: float | None  # per temporal step, for families whose positions follow time
     used: int = 0
 
     @classmethod
-    def make(cls, adapter, session: Session, chunk, embeddings, frames: int, total_frames: int):
+    def make(
+        cls,
+        adapter,
+        session: Session,
+        chunk,
+        embeddings,
+        frames: int,
+        total_frames: int,
+        sampled_fps: float,
+    ):
         per_frame = embeddings.shape[0] / frames
         grid = adapter.planned_video_grid(chunk, total_frames)
         count = (
@@ -272,13 +284,23 @@ class _VideoPlan:
             if grid is not None
             else math.ceil(per_frame * total_frames) + adapter.video_tail_embeddings().shape[0]
         )
+        seconds = adapter.seconds_per_grid(sampled_fps)
         layout = Layout(
             [*session.layout.token_types, torch.full((count,), VIDEO_TYPE)],
             list(session.layout.image_grids),
             [*session.layout.video_grids, *([grid] if grid is not None else [])],
+            [*session.layout.video_seconds, *([seconds] if seconds is not None else [])],
         )
         grid_h, grid_w = adapter.video_token_grid(chunk, embeddings.shape[0], frames)
-        return cls(session.positions(layout), len(session.layout), per_frame, grid_h, grid_w, grid)
+        return cls(
+            session.positions(layout),
+            len(session.layout),
+            per_frame,
+            grid_h,
+            grid_w,
+            grid,
+            seconds,
+        )
 
     def take(self, n: int, frames_done: int) -> tuple[torch.Tensor, Any]:
         start = self.offset + self.used
@@ -294,6 +316,8 @@ class _VideoPlan:
             grid = self.grid.clone()
             grid[0] = self.used * session.adapter.merge_area // int(grid[1] * grid[2])
             session.layout.video_grids.append(grid)
+        if self.seconds is not None:
+            session.layout.video_seconds.append(self.seconds)
 
 
 def _contents(messages: Messages, kind: str) -> list[dict[str, Any]]:

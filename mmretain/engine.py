@@ -390,6 +390,16 @@ def _slice_inputs(kwargs: dict[str, Any], start: int, end: int, n: int) -> dict[
             out[name] = out[name][:, start:end]
     if out.get("position_ids") is not None:
         out["position_ids"] = out["position_ids"][..., start:end]
+    visual = out.get("visual_pos_masks")
+    if visual is not None:
+        # Qwen3-VL DeepStack: one embedding row per visual token, in (batch, token) order.
+        index = torch.full(visual.shape, -1, dtype=torch.long, device=visual.device)
+        index[visual] = torch.arange(int(visual.sum()), device=visual.device)
+        chunk = visual[:, start:end]
+        out["visual_pos_masks"] = chunk
+        out["deepstack_visual_embeds"] = [
+            embeds[index[:, start:end][chunk]] for embeds in out["deepstack_visual_embeds"]
+        ]
     mask = out.get("attention_mask")
     # mmretain's attention builds its own mask from entry positions; the 2-D padding mask is
     # only read for validity, so drop anything that cannot be sliced per chunk.

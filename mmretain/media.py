@@ -289,6 +289,13 @@ class Video:
         return len(self.indices)
 
     @property
+    def sampled_fps(self) -> float:
+        """Frames per second of the sampled frames (the native rate when every frame is kept)."""
+        if len(self.indices) < 2:
+            return self.info.fps
+        return (len(self.indices) - 1) * self.info.fps / (self.indices[-1] - self.indices[0])
+
+    @property
     def timestamps(self) -> list[float]:
         """Seconds from the start of the video of each sampled frame."""
         return [i / self.info.fps for i in self.indices]

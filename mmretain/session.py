@@ -29,6 +29,7 @@ class Layout:
     token_types: list[torch.Tensor] = field(default_factory=list)  # int [n_i] per extension
     image_grids: list[torch.Tensor] = field(default_factory=list)  # [3] (t, h, w) per image
     video_grids: list[torch.Tensor] = field(default_factory=list)  # [3] per video
+    video_seconds: list[float] = field(default_factory=list)  # seconds per temporal patch
 
     def types(self) -> torch.Tensor:
         return torch.cat(self.token_types) if self.token_types else torch.zeros(0, dtype=torch.long)
@@ -56,6 +57,7 @@ class Session:
             layout.types()[None],
             torch.stack(layout.image_grids) if layout.image_grids else None,
             torch.stack(layout.video_grids) if layout.video_grids else None,
+            torch.tensor(layout.video_seconds) if layout.video_seconds else None,
         )
 
     # -- prefill -------------------------------------------------------------------------------
@@ -76,6 +78,8 @@ class Session:
         ):
             if inputs.get(key) is not None:
                 grids.extend(inputs[key])
+        if inputs.get("second_per_grid_ts") is not None:
+            self.layout.video_seconds.extend(inputs["second_per_grid_ts"].tolist())
         positions = self.positions()
         self.next_position = int(positions.max()) + 1
         n = input_ids.shape[1]
@@ -134,11 +138,7 @@ class Session:
         """An independent copy of this session (the cache is cloned: budget-sized)."""
         twin = copy.copy(self)
         twin.cache = copy.deepcopy(self.cache)
-        twin.layout = Layout(
-            list(self.layout.token_types),
-            list(self.layout.image_grids),
-            list(self.layout.video_grids),
-        )
+        twin.layout = copy.deepcopy(self.layout)
         return twin
 
     def activate(self) -> None:

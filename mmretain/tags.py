@@ -40,8 +40,9 @@ class TokenTags:
     def text(cls, batch: int, length: int, modality: Modality = Modality.TEXT) -> TokenTags:
         """Tags for plain text (or generated) positions."""
         modality_codes = torch.full((batch, length), int(modality), dtype=torch.int8)
-        minus_one = torch.full((batch, length), -1, dtype=torch.int32)
-        return cls(modality_codes, minus_one, minus_one, minus_one, minus_one, minus_one.clone())
+        # Separate tensors: adapters write media, frame, row and col independently.
+        fields = [torch.full((batch, length), -1, dtype=torch.int32) for _ in range(5)]
+        return cls(modality_codes, *fields)
 
     @property
     def shape(self) -> torch.Size:

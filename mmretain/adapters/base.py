@@ -92,8 +92,12 @@ class Adapter:
         token_types: torch.Tensor,
         image_grids: torch.Tensor | None,
         video_grids: torch.Tensor | None,
+        second_per_grid_ts: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Positions of a whole sequence [rows, 1, n]; one row for 1-D RoPE families."""
+        """Positions of a whole sequence [rows, 1, n]; one row for 1-D RoPE families.
+
+        ``second_per_grid_ts`` (seconds per temporal patch, per video) matters only to families
+        whose temporal positions follow time (Qwen2.5-VL)."""
         return torch.arange(token_types.shape[1])[None, None]
 
     def shape_positions(self, positions: torch.Tensor) -> torch.Tensor:
@@ -118,6 +122,10 @@ class Adapter:
             videos=[frames], do_sample_frames=False, return_tensors="pt"
         )
         return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+    def seconds_per_grid(self, sampled_fps: float) -> float | None:
+        """Seconds one temporal step of a video covers, for families whose positions use it."""
+        return None
 
     def planned_video_grid(self, chunk: dict[str, torch.Tensor], total_frames: int):
         """The (t, h, w) patch grid of the whole video, for families whose positions need it."""
@@ -166,7 +174,6 @@ def tag_grid(
     ``first`` is the index within that layout of the token at ``start``, for a run that
     continues a layout part-way (a newline token closing a grid, a chunk starting mid-frame).
     """
-    _own_fields(tags)
     index = torch.arange(first, first + count)
     per_frame = grid_h * grid_w
     span = slice(start, start + count)
@@ -175,14 +182,3 @@ def tag_grid(
     tags.frame[row, span] = (index // per_frame + frame_offset).to(torch.int32)
     tags.row[row, span] = ((index % per_frame) // grid_w).to(torch.int32)
     tags.col[row, span] = (index % grid_w).to(torch.int32)
-
-
-def _own_fields(tags: TokenTags) -> None:
-    """Give media, frame, row and col separate storage before writing part of them.
-
-    `TokenTags.text` fills all four from one shared tensor of -1s, so a write through one field
-    would land in the other three.
-    """
-    fields = (tags.media, tags.frame, tags.row, tags.col)
-    if len({field.untyped_storage().data_ptr() for field in fields}) < len(fields):
-        tags.media, tags.frame, tags.row, tags.col = (field.clone() for field in fields)

@@ -18,7 +18,9 @@ one newline follows the base view, tagged ``frame == 0, row == side - 1, col == 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -173,33 +175,49 @@ class PackedSaliencyTap(VisionSaliencyTap):
     The encoder sees each crop (or video frame) as one view; the model then stitches, unpads,
     shrinks or pools the views and adds newlines. Packing a one-channel saliency map the model's
     own way puts each token's saliency where its feature goes; newline tokens get zero.
+
+    The sizes that packing needs reach only the model's media encoders (``generate`` calls them
+    itself, before any forward), so while the tap is open it wraps the encoders of this model
+    instance to pack the views each call recorded.
     """
+
+    ENCODERS = ("get_image_features", "get_video_features")
 
     def __init__(self, tap: VisionSaliencyTap, adapter: LlavaNextAdapter):
         super().__init__(tap.module, tap.has_cls, tap.patches_per_token)
         self.adapter = adapter
-        self.calls: list[dict[str, Any]] = []  # the visual inputs of each forward since a take
-        self._handle = None
+        self.packed: list[torch.Tensor] = []
 
     def __enter__(self) -> PackedSaliencyTap:
-        self._handle = self.adapter.model.model.register_forward_pre_hook(
-            self._remember_inputs, with_kwargs=True
-        )
+        inner = self.adapter.model.model
+        for name in self.ENCODERS:
+            if hasattr(inner, name):
+                setattr(inner, name, self._packing(getattr(inner, name)))
         return super().__enter__()
 
     def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        inner = self.adapter.model.model
+        for name in self.ENCODERS:
+            if name in vars(inner):
+                delattr(inner, name)  # the class's method shows again
         super().__exit__(*exc)
 
-    def _remember_inputs(self, module, args, kwargs) -> None:
-        if kwargs.get("pixel_values") is not None or kwargs.get("pixel_values_videos") is not None:
-            self.calls.append(dict(kwargs))
+    def _packing(self, encode: Callable) -> Callable:
+        signature = inspect.signature(encode)
+
+        @functools.wraps(encode)
+        def packing(*args, **kwargs):
+            start = len(self.recorded)
+            out = encode(*args, **kwargs)
+            views = iter(self.recorded[start:])
+            del self.recorded[start:]
+            call = signature.bind(*args, **kwargs).arguments
+            self.packed.extend(self.adapter.pack_saliency(call, views))
+            return out
+
+        return packing
 
     def take(self) -> torch.Tensor:
-        """Saliency per visual token, images then videos: the order the model encodes them."""
-        views, calls = iter(self.recorded), self.calls
-        self.recorded, self.calls = [], []
-        packed = [m for call in calls for m in self.adapter.pack_saliency(call, views)]
+        """Saliency per visual token, in the order the model encoded the media."""
+        packed, self.packed = self.packed, []
         return torch.cat(packed) if packed else torch.empty(0)

@@ -82,15 +82,17 @@ class WindowOrderSaliencyTap(VisionSaliencyTap):
         super().__exit__(*exc)
 
     def _remember_grid(self, module, args, kwargs) -> None:
-        self.calls.append((kwargs["grid_thw"], len(self.recorded)))
+        grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
+        self.calls.append((grid, len(self.recorded)))
 
     def take(self) -> torch.Tensor:
         recorded, calls = self.recorded, self.calls
         self.recorded, self.calls = [], []
         config = self.visual.config
-        ends = [start for _, start in calls[1:]] + [len(recorded)]
+        grids = [grid for grid, _ in calls]
+        bounds = [start for _, start in calls] + [len(recorded)]
         out = []
-        for (grid, start), end in zip(calls, ends, strict=True):
+        for grid, start, end in zip(grids, bounds[:-1], bounds[1:], strict=True):
             # Per merged token in window order (each token's patches stay together), then back.
             merged = torch.cat(recorded[start:end]).view(-1, self.patches_per_token).sum(dim=1)
             window_index, _ = get_vision_window_index(

@@ -32,7 +32,9 @@ class Qwen2VLAdapter(Adapter):
         token_types: torch.Tensor,
         image_grids: torch.Tensor | None,
         video_grids: torch.Tensor | None,
+        second_per_grid_ts: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        # Qwen2-VL's temporal positions count patches, not seconds: second_per_grid_ts is unused.
         # M-RoPE: the model's own rule, over the whole sequence; callers slice what they feed.
         if image_grids is None and video_grids is None:
             return super().position_ids(token_types, None, None).expand(3, -1, -1)
@@ -58,6 +60,9 @@ class Qwen2VLAdapter(Adapter):
     def round_chunk_frames(self, frames: int) -> int:
         # Frames pair up into temporal patches; an odd chunk would pad a frame mid-video.
         return max(self.temporal_patch, frames - frames % self.temporal_patch)
+
+    def seconds_per_grid(self, sampled_fps: float) -> float:
+        return self.temporal_patch / sampled_fps
 
     def planned_video_grid(self, chunk: dict[str, torch.Tensor], total_frames: int):
         grid = chunk["video_grid_thw"][0].clone()

@@ -3,8 +3,8 @@
 Qwen Team, "Qwen3-VL Technical Report", arXiv:2511.21631; DeepStack: Meng et al.,
 arXiv:2406.04334. Images are laid out as in Qwen2-VL. A video is written one temporal patch at a
 time, ``<t seconds><|vision_start|>`` tokens ``<|vision_end|>``, so each temporal patch is its own
-run of video tokens with text between; M-RoPE gives every run temporal index equal to its text
-position (time lives in the timestamps), and interleaves the t/h/w frequencies. The vision
+run of video tokens with text between. M-RoPE gives all of a run the temporal index where the run
+starts (time lives in the timestamps) and interleaves the t/h/w frequencies. The vision
 encoder also hands features of early layers to the first decoder layers ("DeepStack"), added at
 the visual positions of the prompt.
 
