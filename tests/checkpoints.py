@@ -127,3 +127,25 @@ def write_qwen2_vl(directory: Path, seed: int = 0) -> Path:
     )
     processor.save_pretrained(directory)
     return directory
+
+
+def family_chat_template(image: str, video: str) -> str:
+    """The chat template above, with a family's own image and video placeholders."""
+    return CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", image).replace(
+        "<|vision_start|><|video_pad|><|vision_end|>", video
+    )
+
+
+def write_family(name: str, directory: Path) -> Path:
+    """One of the conftest families (llava_onevision, qwen2_5_vl, ...) saved with a chat template."""
+    from conftest import FAMILY_FACTORIES
+
+    tiny = FAMILY_FACTORIES[name]()
+    tiny.processor.chat_template = family_chat_template(
+        tiny.image_placeholder, tiny.video_placeholder
+    )
+    eos = tiny.processor.tokenizer.eos_token_id
+    tiny.model.generation_config.eos_token_id = eos
+    tiny.model.save_pretrained(directory)
+    tiny.processor.save_pretrained(directory)
+    return directory

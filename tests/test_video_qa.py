@@ -167,3 +167,37 @@ def test_cli_text_file_is_not_a_video(checkpoint, tmp_path, capsys):
     bogus.write_text("not a video")
     assert cli.main(["video-qa", str(bogus), "-q", "what ?", "--model", str(checkpoint)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_other_families_stream_like_one_shot(family, tmp_path, monkeypatch):
+    from checkpoints import write_family
+
+    checkpoint = write_family(family, tmp_path / family)
+    vlm = load(checkpoint, policy="snapkv", budget=10_000)
+    rng = np.random.default_rng(1)
+    side = 56 if family == "qwen2_5_vl" else 28
+    path = tmp_path / "clip.mp4"
+    media.write_video(
+        path, (rng.integers(0, 255, (side, side, 3), dtype=np.uint8) for _ in range(8)), 2
+    )
+    logits = first_logits(monkeypatch)
+    vlm.answer_video(path, "what is the colour ?", fps=2, chunk_frames=2, max_new_tokens=2)
+    frames = np.concatenate(list(media.Video(path, fps=2).chunks(100)))
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "video"}, {"type": "text", "text": "what is the colour ?"}],
+        }
+    ]
+    text = vlm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = vlm.processor(
+        text=[text], videos=[frames], do_sample_frames=False, return_tensors="pt"
+    )
+    if family == "qwen2_5_vl":
+        # Positions follow time: 2 frames per temporal patch sampled at 2 fps is 1 s per patch.
+        # (Frames handed over without metadata would be taken as 24 fps.)
+        inputs["second_per_grid_ts"] = torch.tensor([1.0])
+    with torch.inference_mode():
+        expected = vlm.model(**inputs).logits[:, -1]
+    torch.testing.assert_close(logits[0], expected)
