@@ -83,10 +83,12 @@ def main() -> None:
         print(json.dumps(one(family, int(count), args.budget, args.chunk_frames)))
         return
     print(
-        f"budget {args.budget} tokens, snapkv, chunk {args.chunk_frames} frames, 56x56 frames at 4 fps\n"
+        f"budget {args.budget} tokens, snapkv, chunk {args.chunk_frames} frames, "
+        "56x56 frames at 4 fps\n"
     )
     print(
-        "| model | frames | tokens seen | peak KV bytes | full-cache KV bytes | peak RSS MiB | seconds | s / 1k frames |"
+        "| model | frames | tokens seen | peak KV bytes | full-cache KV bytes | peak RSS MiB "
+        "| seconds | s / 1k frames |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for family in args.models.split(","):
@@ -109,7 +111,8 @@ def main() -> None:
             )
             row = json.loads(done.stdout.strip().splitlines()[-1])
             print(
-                f"| {row['model']} | {row['frames']} | {row['tokens_seen']} | {row['peak_kv_bytes']:,} "
+                f"| {row['model']} | {row['frames']} | {row['tokens_seen']} "
+                f"| {row['peak_kv_bytes']:,} "
                 f"| {row['full_kv_bytes']:,} | {row['peak_rss_mib']:.0f} | {row['seconds']:.1f} "
                 f"| {1000 * row['seconds'] / row['frames']:.1f} |",
                 flush=True,

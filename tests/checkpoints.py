@@ -137,7 +137,7 @@ def family_chat_template(image: str, video: str) -> str:
 
 
 def write_family(name: str, directory: Path) -> Path:
-    """One of the conftest families (llava_onevision, qwen2_5_vl, ...) saved with a chat template."""
+    """A conftest family (llava_onevision, qwen2_5_vl, ...) saved with a chat template."""
     from conftest import FAMILY_FACTORIES
 
     tiny = FAMILY_FACTORIES[name]()
