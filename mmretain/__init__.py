@@ -5,6 +5,7 @@ layers, heads and modalities decides which entries stay.
 """
 
 from . import attention as _attention  # registers the attention implementation
+from .api import Answer, RetainedVLM, load
 from .budget import Budget, allocate
 from .cache import RetentionCache, RetentionStats
 from .config import RetentionConfig
@@ -17,9 +18,11 @@ del _attention
 
 __all__ = [
     "POLICIES",
+    "Answer",
     "Budget",
     "MMRetainError",
     "Modality",
+    "RetainedVLM",
     "RetentionCache",
     "RetentionConfig",
     "RetentionPolicy",
@@ -29,6 +32,7 @@ __all__ = [
     "UnknownPolicyError",
     "UnsupportedModelError",
     "allocate",
+    "load",
     "retain",
 ]
 __version__ = "0.1.0"

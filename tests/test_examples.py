@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -26,3 +28,21 @@ def test_retain_generate_example_compares_policies():
     assert rows["full"][1] == "True"  # no eviction: the unmodified model's answer
     assert set(rows) >= {"full", "snapkv", "h2o", "visionzip"}
     assert all(row[2].startswith("31/") for name, row in rows.items() if name != "full")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from checkpoints import write_qwen2_vl
+
+    return str(write_qwen2_vl(tmp_path_factory.mktemp("qwen2_vl")))
+
+
+def test_video_qa_example_streams_a_synthetic_video(checkpoint):
+    out = run_example("video_qa.py", "--model", checkpoint, "--budget", "0.2")
+    assert out.count("Q: ") == 2 and out.count("A: ") == 2
+    assert "32 frames" in out and "'video':" in out
+
+
+def test_chat_image_example_runs_two_turns(checkpoint):
+    out = run_example("chat_image.py", "--model", checkpoint)
+    assert out.count("tokens seen") == 2
