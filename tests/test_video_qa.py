@@ -201,3 +201,51 @@ def test_other_families_stream_like_one_shot(family, tmp_path, monkeypatch):
     with torch.inference_mode():
         expected = vlm.model(**inputs).logits[:, -1]
     torch.testing.assert_close(logits[0], expected)
+
+
+def test_cli_zero_frame_video_exits_2(checkpoint, tmp_path, capsys):
+    import av
+
+    path = tmp_path / "empty.avi"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 56, 56, "yuv420p"
+        container.start_encoding()
+    assert cli.main(["video-qa", str(path), "-q", "what ?", "--model", str(checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert "no frames" in err and err.count("\n") == 1
+
+
+def test_cli_truncated_video_answers_from_decoded_frames_with_a_warning(
+    checkpoint, tmp_path, capsys
+):
+    rng = np.random.default_rng(2)
+    whole = tmp_path / "whole.mp4"
+    media.write_video(
+        whole, (rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for _ in range(40)), 8
+    )
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    code = cli.main(
+        [
+            "video-qa",
+            str(cut),
+            "-q",
+            QUESTIONS[0],
+            "--model",
+            str(checkpoint),
+            "--fps",
+            "8",
+            "--budget",
+            "0.5",
+            "--max-new-tokens",
+            "2",
+            "--json",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0
+    frames = json.loads(captured.out)["answers"][0]["frames"]
+    assert 0 < frames < 40
+    assert captured.err.startswith("mmretain: warning: ")
+    assert f"decoded {frames} of 40 planned frames" in captured.err
