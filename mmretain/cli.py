@@ -6,6 +6,7 @@ import argparse
 import json
 import resource
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 
@@ -15,12 +16,16 @@ DEFAULT_MODEL = "testbed"
 DELEGATED_HELP = {
     "train-gates": "train retention gates for a model (see `mmretain train-gates --help`)",
     "testbed": "procedural suites and the test-bed models (see `mmretain testbed --help`)",
+    "eval": "benchmarks under KV budgets, resumable, with tables and plots (see `mmretain eval "
+    "--help`)",
 }
 
 
 def _delegated(name: str):
     if name == "train-gates":
         from .gates.cli import main as run
+    elif name == "eval":
+        from .eval.cli import main as run
     else:
         from .testbed.cli import main as run
     return run
@@ -45,15 +50,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="default: the policy's own (global; uniform for trimkv)",
     )
     parser.add_argument("--max-new-tokens", type=int, default=64)
-
-
-def _budget(text: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            continue
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,9 +89,7 @@ def _peak_rss_mib() -> float:
 def _load(args):
     from .api import load
 
-    return load(
-        args.model, policy=args.policy, budget=_budget(args.budget), allocation=args.allocation
-    )
+    return load(args.model, policy=args.policy, budget=args.budget, allocation=args.allocation)
 
 
 def video_qa(args) -> None:
@@ -200,6 +194,10 @@ def chat(args) -> None:
         )
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"mmretain: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED_HELP:
@@ -210,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The command reports its own progress; loading bars and warnings would bury it.
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    warnings.showwarning = _one_line_warning
     try:
         {"video-qa": video_qa, "chat": chat}[args.command](args)
     except (MMRetainError, ValueError, OSError) as error:
