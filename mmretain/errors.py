@@ -67,3 +67,22 @@ class UnknownTestbedModelError(MMRetainError, KeyError):
 
 class SuiteArgumentError(MMRetainError, ValueError):
     """A test-bed sample that cannot be made: unknown suite or question, bad length or depth."""
+
+
+class UnknownTaskError(MMRetainError, KeyError):
+    """An evaluation task or suite name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DatasetNotFoundError(MMRetainError, FileNotFoundError):
+    """An evaluation dataset found neither in the local directory given nor on the hub."""
+
+
+class VideosNotFoundError(MediaNotFoundError):
+    """Video files an evaluation dataset refers to that are not where they were looked for."""
+
+
+class RunMismatchError(MMRetainError, ValueError):
+    """An output directory holding rows of a run made with other settings."""

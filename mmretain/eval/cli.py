@@ -1,0 +1,134 @@
+"""`mmretain eval`: benchmarks under a KV budget, resumable, shardable, with tables and plots.
+
+    mmretain eval --suite vqa --policies full,snapkv --budgets 0.05,0.1,0.25 --out runs/vqa
+    accelerate launch -m mmretain eval --suite video --limit 300 --out runs/video
+
+Rerunning a command continues where it stopped. Tasks are read from the hub ids lmms-eval uses,
+from ``--data-dir`` (a folder of local copies named like the hub datasets), or from a path given
+per task (``--tasks docvqa=/data/DocVQA``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..cli import DEFAULT_MODEL
+from ..errors import MMRetainError
+from .cells import RunSettings, cells
+from .runner import Locations, evaluate
+from .tasks import SUITES, select_tasks
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmretain eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite", choices=SUITES, help="which benchmarks (required to run)")
+    parser.add_argument(
+        "--tasks",
+        default="",
+        help="comma-separated task names of the suite, each optionally NAME=LOCAL_DIR "
+        "(default: every task of the suite)",
+    )
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="checkpoint directory or hub id (default: the embedded test-bed model)",
+    )
+    parser.add_argument("--policies", default="full,snapkv", help="comma-separated policies")
+    parser.add_argument(
+        "--budgets",
+        default="0.05,0.1,0.25",
+        help="comma-separated KV budgets: fractions of tokens seen, token counts or byte sizes; "
+        "the full cache ignores them",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="samples per task (spread over a benchmark split)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="folder of local datasets")
+    parser.add_argument("--video-dir", type=Path, default=None, help="root of the video files")
+    parser.add_argument("--fps", type=float, default=1.0, help="video frames sampled per second")
+    parser.add_argument("--max-frames", type=int, default=None, help="cap on frames per video")
+    parser.add_argument("--chunk-frames", type=int, default=16, help="frames prefilled per chunk")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="default: each task's own (lmms-eval's)"
+    )
+    parser.add_argument("--allocation", choices=("global", "layer", "uniform"), default=None)
+    parser.add_argument("--sink", type=int, default=4, help="first tokens never evicted")
+    parser.add_argument("--recent", type=int, default=32, help="last tokens never evicted")
+    parser.add_argument("--dtype", default=None, help="model dtype, e.g. bfloat16")
+    parser.add_argument(
+        "--pictures", type=int, default=1, help="retention pictures for the first N samples"
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild the tables and plots from the rows already in --out",
+    )
+    return parser
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def run(args: argparse.Namespace) -> None:
+    from . import report
+
+    if args.report_only:
+        if not (args.out / "rows").is_dir():
+            raise FileNotFoundError(f"no rows under {args.out / 'rows'}: run the evaluation first")
+        report.write_report(args.out)
+        print(f"wrote {args.out / 'report.md'}")
+        return
+    if args.suite is None:
+        raise ValueError("give --suite (vqa, video or testbed), or --report-only")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    names, paths = [], {}
+    for item in _split(args.tasks):
+        name, _, path = item.partition("=")
+        names.append(name)
+        if path:
+            paths[name] = Path(path)
+    settings = RunSettings(
+        model=args.model,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        chunk_frames=args.chunk_frames,
+        max_new_tokens=args.max_new_tokens,
+        allocation=args.allocation,
+        sink=args.sink,
+        recent=args.recent,
+        dtype=args.dtype,
+    )
+    grid = cells(_split(args.policies), _split(args.budgets), settings)
+    tasks = select_tasks(args.suite, names)
+    results = evaluate(
+        args.out,
+        tasks,
+        grid,
+        settings,
+        limit=args.limit,
+        locations=Locations(paths, args.data_dir, args.video_dir),
+        pictures=args.pictures,
+    )
+    if results is not None:
+        print(f"wrote {args.out / 'report.md'}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging
+
+    # The bars report progress; loading bars and warnings would bury them.
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        run(args)
+    except (MMRetainError, ValueError, OSError) as error:
+        print(f"mmretain eval: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,394 @@
+"""Benchmark metrics as their reference evaluations define them, plus strict answer parsers.
+
+- VQA accuracy (VQAv2, TextVQA): https://visualqa.org/evaluation.html — answers normalised the
+  official way, then the mean over the 10 leave-one-out subsets of the human answers of
+  min(1, matches / 3).
+- ANLS (DocVQA): Biten et al., https://arxiv.org/abs/1905.13648, threshold 0.5.
+- Relaxed accuracy (ChartQA): Masry et al., https://arxiv.org/abs/2203.10244, 5% tolerance.
+- POPE: Li et al., https://arxiv.org/abs/2305.10355 — accuracy, precision, recall, F1, yes-ratio.
+- MME: Fu et al., https://arxiv.org/abs/2306.13394 — acc + acc+ per subtask, summed.
+
+Parsers never guess: an answer that is not clearly yes/no or one option letter is `None`
+(unparsed), and every metric counts it as wrong.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+# -- VQA answer normalisation --------------------------------------------------------------------
+
+# The marks the official evaluation strips. The period is handled apart (decimals keep theirs);
+# apostrophes and colons are kept.
+_MARKS = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@")
+_MARKS += ("`", ",", "?", "!")
+_THOUSANDS = re.compile(r"\d,\d")
+_PERIOD = re.compile(r"\.(?!\d)")
+_ARTICLES = frozenset({"a", "an", "the"})
+_NUMBER_WORDS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
+# Spellings the official evaluation maps to one form: "canonical: variants". Its entries with
+# capitals ("Im", "Ive", ...) are left out: it lower-cases words before the lookup, so they never
+# apply. "somebodyd" is as the reference has it (it maps the apostrophe form to the bare one).
+_SPELLINGS = """
+ain't: aint
+aren't: arent
+can't: cant
+could've: couldve
+couldn't: couldnt
+couldn't've: couldn'tve couldnt've
+didn't: didnt
+doesn't: doesnt
+don't: dont
+hadn't: hadnt
+hadn't've: hadnt've hadn'tve
+hasn't: hasnt
+haven't: havent
+he'd: hed
+he'd've: hed've he'dve
+he's: hes
+how'd: howd
+how'll: howll
+how's: hows
+isn't: isnt
+it'd: itd
+it'd've: itd've it'dve
+it'll: itll
+ma'am: maam
+mightn't: mightnt
+mightn't've: mightnt've mightn'tve
+might've: mightve
+mustn't: mustnt
+must've: mustve
+needn't: neednt
+not've: notve
+o'clock: oclock
+oughtn't: oughtnt
+'ow's'at: ow's'at 'ows'at 'ow'sat
+shan't: shant
+she'd've: shed've she'dve
+should've: shouldve
+shouldn't: shouldnt
+shouldn't've: shouldnt've shouldn'tve
+somebodyd: somebody'd
+somebody'd've: somebodyd've somebody'dve
+somebody'll: somebodyll
+somebody's: somebodys
+someone'd: someoned
+someone'd've: someoned've someone'dve
+someone'll: someonell
+someone's: someones
+something'd: somethingd
+something'd've: somethingd've something'dve
+something'll: somethingll
+that's: thats
+there'd: thered
+there'd've: thered've there'dve
+there're: therere
+there's: theres
+they'd: theyd
+they'd've: theyd've they'dve
+they'll: theyll
+they're: theyre
+they've: theyve
+'twas: twas
+wasn't: wasnt
+we'd've: wed've we'dve
+we've: weve
+weren't: werent
+what'll: whatll
+what're: whatre
+what's: whats
+what've: whatve
+when's: whens
+where'd: whered
+where's: wheres
+where've: whereve
+who'd: whod
+who'd've: whod've who'dve
+who'll: wholl
+who's: whos
+who've: whove
+why'll: whyll
+why're: whyre
+why's: whys
+won't: wont
+would've: wouldve
+wouldn't: wouldnt
+wouldn't've: wouldnt've wouldn'tve
+y'all: yall
+y'all'll: yall'll y'allll
+y'all'd've: yall'd've y'alld've y'all'dve
+you'd: youd
+you'd've: youd've you'dve
+you'll: youll
+you're: youre
+you've: youve
+"""
+_CONTRACTIONS = {
+    variant: canonical
+    for line in _SPELLINGS.strip().splitlines()
+    for canonical, variants in [line.split(": ")]
+    for variant in variants.split()
+}
+
+
+def _strip_punctuation(text: str) -> str:
+    # A mark next to a space, or any mark once the text has a thousands separator, is deleted
+    # ("1,000" -> "1000"); a mark inside a word becomes a space ("black/white" -> "black white").
+    deleted = _THOUSANDS.search(text) is not None
+    out = text
+    for mark in _MARKS:
+        touches_space = f"{mark} " in text or f" {mark}" in text
+        out = out.replace(mark, "" if deleted or touches_space else " ")
+    return _PERIOD.sub("", out)
+
+
+def normalize_vqa_answer(text: str) -> str:
+    """The official VQA normalisation: punctuation, periods, case, number words, articles,
+    contractions. ``"Two dogs."`` -> ``"2 dogs"``; ``"1,000"`` -> ``"1000"``."""
+    text = _strip_punctuation(text.replace("\n", " ").replace("\t", " ").strip())
+    words = (_NUMBER_WORDS.get(word, word) for word in text.lower().split())
+    return " ".join(_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES)
+
+
+def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """Mean over the leave-one-out subsets of the human answers of min(1, matches / 3).
+
+    Both sides are normalised (as the evaluation server does for submissions and the TextVQA
+    evaluator for both), so "Yes." matches "yes" whether or not the annotators agreed.
+    """
+    if not answers:
+        raise ValueError("VQA accuracy needs at least one human answer")
+    predicted = normalize_vqa_answer(prediction)
+    hits = [normalize_vqa_answer(answer) == predicted for answer in answers]
+    matches = sum(hits)
+    # Leaving answer i out removes it from the matches when it matched.
+    return sum(min(1.0, (matches - hit) / 3) for hit in hits) / len(hits)
+
+
+# -- exact match ---------------------------------------------------------------------------------
+
+_STRIP_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def normalize_exact(text: str) -> str:
+    """Lower case, punctuation removed, whitespace collapsed (exact match "ignoring case and
+    punctuation", as GQA is scored)."""
+    return " ".join(text.lower().translate(_STRIP_PUNCTUATION).split())
+
+
+def exact_match(prediction: str, answer: str) -> float:
+    return float(normalize_exact(prediction) == normalize_exact(answer))
+
+
+# -- ANLS ----------------------------------------------------------------------------------------
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insertions, deletions, substitutions, each costing 1)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(
+                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b))
+            )
+        previous = current
+    return previous[-1]
+
+
+def anls(prediction: str, answers: Sequence[str], threshold: float = 0.5) -> float:
+    """Average Normalized Levenshtein Similarity of one answer: the best over the references of
+    1 - NL, where NL is the edit distance over the longer length; 0 once NL reaches
+    ``threshold`` (the paper's s = 1 - NL if NL < τ else 0)."""
+    if not answers:
+        raise ValueError("ANLS needs at least one reference answer")
+    predicted = " ".join(prediction.strip().lower().split())
+    best = 0.0
+    for answer in answers:
+        reference = " ".join(answer.strip().lower().split())
+        longest = max(len(predicted), len(reference))
+        distance = levenshtein(predicted, reference) / longest if longest else 0.0
+        if distance < threshold:
+            best = max(best, 1.0 - distance)
+    return best
+
+
+# -- ChartQA relaxed accuracy --------------------------------------------------------------------
+
+
+def _number(text: str) -> float | None:
+    """A float from "12", "12.5" or "12%" (as a fraction: 0.12), else None."""
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        return None
+
+
+def relaxed_accuracy(prediction: str, answer: str, tolerance: float = 0.05) -> float:
+    """1 if a numeric answer is within ``tolerance`` (relative) of the reference, or a
+    non-numeric one matches it ignoring case. As in the reference, a reference of 0 allows no
+    relative error and is compared as text."""
+    predicted, reference = prediction.strip(), answer.strip()
+    value, target = _number(predicted), _number(reference)
+    if value is not None and target:
+        return float(abs(value - target) / abs(target) <= tolerance)
+    return float(predicted.lower() == reference.lower())
+
+
+# -- yes / no ------------------------------------------------------------------------------------
+
+_FIRST_SENTENCE = re.compile(r"[.!?\n]")
+
+
+def parse_yes_no(text: str) -> str | None:
+    """ "yes", "no" or None. Only the first sentence counts; a leading yes/no decides, then any
+    negation ("There is no dog" -> "no"), then a yes anywhere. "Yes." is yes."""
+    words = re.findall(r"[a-z]+", _FIRST_SENTENCE.split(text.strip().lower(), maxsplit=1)[0])
+    if not words:
+        return None
+    if words[0] in ("yes", "no"):
+        return words[0]
+    if "no" in words or "not" in words:
+        return "no"
+    return "yes" if "yes" in words else None
+
+
+@dataclass(frozen=True)
+class BinaryScores:
+    """POPE's numbers for one set of answers, each in [0, 1]."""
+
+    accuracy: float
+    precision: float
+    recall: float
+    f1: float
+    yes_ratio: float
+    count: int
+
+
+def pope_scores(predictions: Sequence[str | None], labels: Sequence[str]) -> BinaryScores:
+    """POPE's metrics with "yes" as the positive class. An unparsed answer (None) is wrong: it
+    is neither a positive nor a negative prediction, so it lowers accuracy and, on a "yes"
+    question, recall; it never counts towards the yes-ratio."""
+    if len(predictions) != len(labels):
+        raise ValueError("one prediction per label")
+    if any(label not in ("yes", "no") for label in labels):
+        raise ValueError("POPE labels are 'yes' or 'no'")
+    pairs = list(zip(predictions, labels, strict=True))
+    true_pos = sum(p == "yes" and y == "yes" for p, y in pairs)
+    predicted_yes = sum(p == "yes" for p, _ in pairs)
+    actual_yes = sum(y == "yes" for _, y in pairs)
+    correct = sum(p == y for p, y in pairs)
+    precision = true_pos / predicted_yes if predicted_yes else 0.0
+    recall = true_pos / actual_yes if actual_yes else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    n = len(pairs)
+    return BinaryScores(
+        correct / n if n else 0.0, precision, recall, f1, predicted_yes / n if n else 0.0, n
+    )
+
+
+# -- MME -----------------------------------------------------------------------------------------
+
+MME_PERCEPTION = (
+    "existence",
+    "count",
+    "position",
+    "color",
+    "posters",
+    "celebrity",
+    "scene",
+    "landmark",
+    "artwork",
+    "OCR",
+)
+MME_COGNITION = (
+    "commonsense_reasoning",
+    "numerical_calculation",
+    "text_translation",
+    "code_reasoning",
+)
+
+
+def mme_scores(answers: Iterable[tuple[str, str, bool]]) -> dict[str, float]:
+    """MME from (subtask, image, correct) triples: per subtask acc (questions right, %) plus
+    acc+ (images with every question right, %); "perception" and "cognition" sum them."""
+    by_subtask: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    for subtask, image, correct in answers:
+        by_subtask[subtask][image].append(bool(correct))
+    scores = {}
+    for subtask, images in by_subtask.items():
+        results = [r for answers in images.values() for r in answers]
+        acc = 100 * sum(results) / len(results)
+        acc_plus = 100 * sum(all(answers) for answers in images.values()) / len(images)
+        scores[subtask] = acc + acc_plus
+    return {
+        "perception": sum(scores.get(s, 0.0) for s in MME_PERCEPTION),
+        "cognition": sum(scores.get(s, 0.0) for s in MME_COGNITION),
+        **scores,
+    }
+
+
+# -- multiple choice -----------------------------------------------------------------------------
+
+# "the answer is (B)", "Option: B"; the letter itself must be a capital.
+_ANSWER_PHRASE = re.compile(
+    r"\b(?i:answer|option|choice)\s*(?:is|:)?\s*[:\-]?\s*\(?([A-Z])\)?(?![A-Za-z])"
+)
+_LEADING_LETTER = re.compile(r"^\(?([A-Z])(?:\)|[.:]|$)")
+_LONE_LETTER = re.compile(r"(?<![A-Za-z'])([A-Z])(?![A-Za-z'])")
+_ARTICLE = re.compile(r"(?<![A-Za-z'])A\s+[a-z]")  # "A red car": the article, not option A
+
+
+def option_letters(count: int) -> str:
+    """ "ABCD" for four options."""
+    if not 0 < count <= 26:
+        raise ValueError(f"a multiple-choice question has 1 to 26 options, got {count}")
+    return string.ascii_uppercase[:count]
+
+
+def extract_option_letter(text: str, letters: str, options: Sequence[str] = ()) -> str | None:
+    """The option letter an answer gives, or None when it cannot be told.
+
+    Tried in order: "the answer is (B)" / "Option: B"; a leading "B", "(B)", "B.", "B)" or "B:";
+    the whole answer equal to one option's text; one lone capital letter among ``letters``
+    (several different ones are ambiguous). Nothing is ever picked at random.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    phrase = _ANSWER_PHRASE.search(text)
+    if phrase and phrase.group(1) in letters:
+        return phrase.group(1)
+    leading = _LEADING_LETTER.match(text)
+    if leading and leading.group(1) in letters:
+        return leading.group(1)
+    said = normalize_exact(text)
+    named = [letters[i] for i, option in enumerate(options) if normalize_exact(option) == said]
+    if len(named) == 1:
+        return named[0]
+    found = [letter for letter in _LONE_LETTER.findall(text) if letter in letters]
+    if len(set(found)) != 1:
+        return None
+    if found[0] == "A" and len(_ARTICLE.findall(text)) == len(found):
+        return None
+    return found[0]

@@ -1,0 +1,38 @@
+"""The test-bed: procedural multimodal suites, and tiny models trained on them from scratch.
+
+The models ship inside the package as hub-style checkpoints, so everything runs offline::
+
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    path = model_path("testbed")
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    processor = AutoProcessor.from_pretrained(path)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ModelLoadError, UnknownTestbedModelError
+from .suites import SUITES, Sample, make_sample, samples
+
+MODELS_DIR = Path(__file__).parent / "models"
+# Public name -> directory under models/ (one per architecture).
+MODELS: dict[str, str] = {"testbed": "qwen2vl", "testbed-llava": "llava-onevision"}
+
+
+def model_path(name: str = "testbed") -> Path:
+    """The directory of a shipped test-bed checkpoint: "testbed" (Qwen2-VL) or "testbed-llava"."""
+    if name not in MODELS:
+        raise UnknownTestbedModelError(
+            f"no test-bed model named {name!r}; shipped: {', '.join(MODELS)}"
+        )
+    path = MODELS_DIR / MODELS[name]
+    if not (path / "model.safetensors").is_file():
+        raise ModelLoadError(
+            f"the {name!r} checkpoint is missing from {path}; reinstall mmretain, or train it with "
+            f"`python -m mmretain.testbed train --out {path}`"
+        )
+    return path
+
+
+__all__ = ["MODELS", "SUITES", "Sample", "make_sample", "model_path", "samples"]

@@ -1,0 +1,129 @@
+"""Test-bed commands: train a model, write a needle video, evaluate the shipped models.
+
+Run as ``python -m mmretain.testbed <command>``; ``add_testbed_commands`` mounts the same
+commands under a ``testbed`` sub-command of another parser, dispatched by ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import MMRetainError
+from .suites import SUITES
+
+
+def train_command(args: argparse.Namespace) -> None:
+    import torch
+
+    from .train import TrainConfig, train
+
+    torch.set_num_threads(args.threads)
+    config = TrainConfig(arch=args.arch, size=args.size, seed=args.seed, steps=args.steps)
+    record = train(config, args.out, minutes=args.minutes)
+    last = record["history"][-1]["held_out"] if record["history"] else {}
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "seconds": record["seconds"],
+                "steps": record["steps_done"],
+                "held_out": last,
+            },
+            indent=1,
+        )
+    )
+
+
+def make_video_command(args: argparse.Namespace) -> None:
+    from .video_file import write_needle_video
+
+    info = write_needle_video(
+        args.out,
+        args.frames,
+        args.needle_depth,
+        suite=args.suite,
+        question=args.question,
+        seed=args.seed,
+        fps=args.fps,
+    )
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
+    print(f"question: {info['question']}\nanswer: {info['answer']}")
+
+
+def evaluate_command(args: argparse.Namespace) -> None:
+    import torch
+
+    from . import model_path
+    from .evaluate import evaluate_checkpoints
+
+    torch.set_num_threads(args.threads)
+    paths = {name: model_path(name) for name in args.models.split(",")}
+    command = "python -m mmretain.testbed evaluate " + shlex.join(
+        ["--out", str(args.out), "--models", args.models, "--samples", str(args.samples)]
+    )
+    evaluate_checkpoints(paths, Path(args.out), command, args.samples)
+    print(f"wrote {args.out}")
+
+
+def _add_commands(commands) -> None:
+    train = commands.add_parser("train", help="train a test-bed model from scratch")
+    train.add_argument("--arch", choices=("qwen2vl", "llava-onevision"), default="qwen2vl")
+    train.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--steps", type=int, default=3000)
+    train.add_argument("--minutes", type=float, default=None, help="stop early after this long")
+    train.add_argument("--size", choices=("default", "tiny"), default="default")
+    train.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: reproducible, and faster on a busy machine)",
+    )
+    train.set_defaults(handler=train_command)
+
+    video = commands.add_parser("make-video", help="write a needle video (mp4) with its Q&A")
+    video.add_argument("out", type=Path, help="the .mp4 to write; the Q&A goes to .json beside it")
+    video.add_argument("--frames", type=int, default=32)
+    video.add_argument("--needle-depth", type=float, default=0.5, help="0 = first frame, 1 = last")
+    video.add_argument(
+        "--suite", choices=[n for n, s in SUITES.items() if s.is_video], default="video-needle"
+    )
+    video.add_argument("--question", default=None, help="question type (default: drawn by seed)")
+    video.add_argument("--seed", type=int, default=0)
+    video.add_argument("--fps", type=float, default=1.0)
+    video.set_defaults(handler=make_video_command)
+
+    evaluate = commands.add_parser("evaluate", help="full-cache accuracy of the shipped models")
+    evaluate.add_argument("--out", default="eval/results/testbed_full_cache.md")
+    evaluate.add_argument("--models", default="testbed,testbed-llava")
+    evaluate.add_argument("--samples", type=int, default=500, help="per suite, question, length")
+    evaluate.add_argument("--threads", type=int, default=1)
+    evaluate.set_defaults(handler=evaluate_command)
+
+
+def add_testbed_commands(subparsers) -> None:
+    """Add ``testbed train|make-video|evaluate`` to an argparse sub-parser collection."""
+    testbed = subparsers.add_parser("testbed", help="procedural suites and the test-bed models")
+    _add_commands(testbed.add_subparsers(dest="testbed_command", required=True))
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the test-bed command that ``args`` were parsed for."""
+    args.handler(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmretain.testbed", description=__doc__)
+    _add_commands(parser.add_subparsers(dest="testbed_command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (MMRetainError, ValueError, OSError) as error:
+        print(f"mmretain testbed: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,89 @@
+"""The procedural suites: a registry by name, and one function that makes any sample."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from ...errors import SuiteArgumentError
+from . import dialogue, image_needle, temporal_order, video_needle
+from .base import Sample, sample_rng
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A family of samples: its question types, its generator and the length it trains at.
+
+    ``length`` means frames for the video suites and is fixed for the others.
+    """
+
+    name: str
+    questions: tuple[str, ...]
+    generate: Callable[..., Sample]
+    train_length: int
+    is_video: bool = False
+
+
+SUITES: dict[str, Suite] = {
+    s.name: s
+    for s in (
+        Suite("image-needle", image_needle.QUESTIONS, image_needle.generate, image_needle.CELLS),
+        Suite(
+            "video-needle", video_needle.QUESTIONS, video_needle.generate, video_needle.FRAMES, True
+        ),
+        Suite(
+            "temporal-order",
+            temporal_order.QUESTIONS,
+            temporal_order.generate,
+            video_needle.FRAMES,
+            True,
+        ),
+        Suite("dialogue", dialogue.QUESTIONS, dialogue.generate, 3),
+    )
+}
+
+
+def make_sample(
+    suite: str,
+    index: int,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    question: str | None = None,
+    length: int | None = None,
+    depth: float | None = None,
+) -> Sample:
+    """Sample ``index`` of ``suite``; the same arguments always give the same sample.
+
+    ``question`` defaults to one drawn at random; ``length`` to the training length; ``depth``
+    (video suites only) to a uniform draw.
+    """
+    if suite not in SUITES:
+        raise SuiteArgumentError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
+    spec = SUITES[suite]
+    if question is not None and question not in spec.questions:
+        raise SuiteArgumentError(f"{suite} asks {', '.join(spec.questions)}, not {question!r}")
+    if depth is not None and not 0.0 <= depth <= 1.0:
+        raise SuiteArgumentError(f"depth is a fraction of the video, in [0, 1]; got {depth}")
+    rng = sample_rng(suite, split, index, seed)
+    question = question or spec.questions[int(rng.integers(len(spec.questions)))]
+    kwargs = {"depth": depth} if spec.is_video else {}
+    sample = spec.generate(rng, question, length or spec.train_length, **kwargs)
+    sample.metadata = {
+        "suite": suite,
+        "question": question,
+        "split": split,
+        "index": index,
+        "seed": seed,
+        **sample.metadata,
+    }
+    return sample
+
+
+def samples(suite: str, count: int, **kwargs) -> Iterator[Sample]:
+    """``count`` consecutive samples of ``suite`` (same keyword arguments as ``make_sample``)."""
+    for index in range(count):
+        yield make_sample(suite, index, **kwargs)
+
+
+__all__ = ["SUITES", "Sample", "Suite", "make_sample", "samples"]
