@@ -341,10 +341,16 @@ def load(
 ) -> RetainedVLM:
     """Load a checkpoint (local directory or hub id) with its processor, under a KV budget.
 
+    "testbed" and "testbed-llava" name the tiny models shipped with mmretain (offline).
+
     ``options`` are further `RetentionConfig` fields (allocation, sink, recent, chunk_tokens, ...).
     """
     config = RetentionConfig(policy=policy, budget=budget, **options)
     path = str(path_or_hub_id)
+    if path.startswith("testbed") and not Path(path).exists():
+        from .testbed import model_path  # the shipped test-bed checkpoints, by name
+
+        path = str(model_path(path))
     local = Path(path).is_dir()
     kwargs: dict[str, Any] = {"use_safetensors": True}
     if local:
