@@ -90,7 +90,7 @@ def run_one(args: argparse.Namespace) -> dict:
         chunk_tokens=args.chunk_tokens,
     )
     with torch.inference_mode(), mmretain.retain(model, config) as run:
-        warm = prompt[:, :64]
+        warm = prompt[:, :512]  # long enough for a 0.1 budget to cover sink + recent
         out = model(input_ids=warm, past_key_values=run.new_cache(), logits_to_keep=1)
         greedy_decode(model, out.logits[:, -1].argmax(dim=-1, keepdim=True), run.cache, 2)
 
@@ -123,6 +123,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "prefill_s": prefill_s,
         "decode_tok_s": args.decode_tokens / decode_s if decode_s > 0 else float("inf"),
         "max_rss_bytes": rss_bytes,
+        "load_average": os.getloadavg()[0],
     }
 
 
@@ -157,11 +158,31 @@ def plan(args: argparse.Namespace) -> list[tuple[int, str, str]]:
 
 def sweep(args: argparse.Namespace) -> None:
     """Run every planned row in its own child process and print the table."""
+    import torch
+    import transformers
+
     rows = plan(args)
+    command = " ".join(["python", "benchmarks/kv_memory.py", *sys.argv[1:]])
+    print(
+        f"Command: `{command}` | date: {time.strftime('%Y-%m-%d %H:%M %Z')} | "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"Python {platform.python_version()} | machine: {os.cpu_count()} CPU cores "
+        f"({platform.machine()}), {torch.get_num_threads()} torch threads"
+    )
+    print()
+    print(
+        f"Model: random-weight LlamaForCausalLM, float32, {MODEL['num_hidden_layers']} layers, "
+        f"hidden {MODEL['hidden_size']}, {MODEL['num_attention_heads']} attention heads, "
+        f"{MODEL['num_key_value_heads']} KV heads, head_dim {MODEL['head_dim']}. Retention: "
+        f"global allocation, sink 4, recent 32, protect_turn off, chunk_tokens "
+        f"{args.chunk_tokens}, {args.decode_tokens} greedy decode tokens, batch 1."
+    )
+    print()
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "|".join("---" if i < 3 else "---:" for i in range(len(COLUMNS))) + "|")
     sys.stdout.flush()
     began = time.perf_counter()
+    loads = []
     for i, (length, policy, budget) in enumerate(rows, 1):
         print(f"[{i}/{len(rows)}] {length} {policy} {budget} ...", file=sys.stderr, flush=True)
         command = [
@@ -179,16 +200,27 @@ def sweep(args: argparse.Namespace) -> None:
         child = subprocess.run(command, capture_output=True, text=True)
         if child.returncode != 0:
             print(child.stderr, file=sys.stderr)
-            print(f"| {length} | {policy} | {budget} | failed (exit {child.returncode}) |")
+            failed = f"failed (exit {child.returncode})"
+            cells = (str(length), policy, budget, failed, *[""] * (len(COLUMNS) - 4))
+            print("| " + " | ".join(cells) + " |", flush=True)
             continue
         result = json.loads(child.stdout.strip().splitlines()[-1])
+        loads.append(result["load_average"])
         print(format_row(result), flush=True)
         print(
             f"    prefill {result['prefill_s']:.1f}s, decode {result['decode_tok_s']:.1f} tok/s, "
-            f"{result['evictions']} evictions, elapsed {time.perf_counter() - began:.0f}s",
+            f"{result['evictions']} evictions, load {result['load_average']:.1f}, "
+            f"elapsed {time.perf_counter() - began:.0f}s",
             file=sys.stderr,
             flush=True,
         )
+    print()
+    print(
+        f"Sweep wall time {(time.perf_counter() - began) / 60:.1f} min. 1-minute load average "
+        f"at the end of each row: min {min(loads, default=0):.1f}, "
+        f"max {max(loads, default=0):.1f} ({os.cpu_count()} cores; above that, other processes "
+        "shared the CPUs and the timing columns are inflated)."
+    )
 
 
 def main() -> None:
