@@ -13,8 +13,14 @@ from mmretain.testbed.train import TrainConfig, train
 @pytest.mark.parametrize("arch", ["qwen2vl", "llava-onevision"])
 def test_twenty_steps_lower_the_loss_and_save_a_checkpoint(arch, tmp_path):
     config = TrainConfig(
-        arch=arch, size="tiny", steps=20, lr=3e-3, warmup=2,
-        mix={"video-needle": 1.0}, batch={"video-needle": 8}, eval_samples=2,
+        arch=arch,
+        size="tiny",
+        steps=20,
+        lr=3e-3,
+        warmup=2,
+        mix={"video-needle": 1.0},
+        batch={"video-needle": 8},
+        eval_samples=2,
     )
     record = train(config, tmp_path)
     losses = record["losses"]

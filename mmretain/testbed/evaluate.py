@@ -77,9 +77,8 @@ def markdown(tables: dict[str, list[Result]], command: str, seconds: dict[str, f
         ]
         for r in results:
             depths = " | ".join(f"{r.by_depth[d]:.1%}" if d in r.by_depth else "" for d in DEPTHS)
-            lines.append(
-                f"| {r.suite} | {r.question} | {r.length} | {r.count} | {r.accuracy:.1%} | {depths} |"
-            )
+            head = f"| {r.suite} | {r.question} | {r.length} | {r.count} | {r.accuracy:.1%}"
+            lines.append(f"{head} | {depths} |")
     return "\n".join(lines) + "\n"
 
 

@@ -15,7 +15,7 @@ IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 SPECIAL_TOKENS = (PAD, UNK, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)
 
 # Words of the fixed phrases the suites speak, beyond their prompts and answers.
-PHRASE_WORDS = "system user assistant ok remember : the is . ? what colour top bottom left right"
+PHRASE_WORDS = "system user assistant ok remember : the is . ? what colour top bottom"
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"

@@ -30,14 +30,22 @@ class TrainConfig:
     lr: float = 5e-4
     warmup: int = 100
     # How often each suite is drawn, and its batch size (images cost the most per sample).
+    # Suites join in this order, each once the one before has mastered its first length: a
+    # mix of every task from the start sat at chance for thousands of steps.
     mix: dict[str, float] = field(
         default_factory=lambda: {
-            "image-needle": 0.3, "video-needle": 0.25, "temporal-order": 0.25, "dialogue": 0.2
+            "video-needle": 0.25,
+            "image-needle": 0.3,
+            "dialogue": 0.2,
+            "temporal-order": 0.25,
         }
     )
     batch: dict[str, int] = field(
         default_factory=lambda: {
-            "image-needle": 8, "video-needle": 16, "temporal-order": 16, "dialogue": 16
+            "image-needle": 8,
+            "video-needle": 16,
+            "temporal-order": 16,
+            "dialogue": 16,
         }
     )
     # The lengths (cells, frames) each suite climbs, ending at its training length. Finding one
@@ -46,7 +54,7 @@ class TrainConfig:
         default_factory=lambda: {
             "image-needle": (4, 8, 16),
             "video-needle": (2, 4, 8, 16, 32),
-            "temporal-order": (4, 8, 16, 32),
+            "temporal-order": (8, 16, 32),
             "dialogue": (3,),
         }
     )
@@ -76,6 +84,11 @@ class Ladder:
     @property
     def at_top(self) -> bool:
         return self.level == len(self.rungs) - 1
+
+    @property
+    def climbed(self) -> bool:
+        """Past the first rung (or mastered the only one)."""
+        return self.level > 0 or (self.at_top and self.mastered)
 
     def length(self, rng: np.random.Generator) -> int:
         """The current rung most of the time; a lower one now and then, so none is forgotten."""
@@ -133,9 +146,14 @@ def train(config: TrainConfig, out: str | Path, minutes: float | None = None) ->
     bar = tqdm(range(config.steps), desc=f"train {config.arch}", dynamic_ncols=True)
     for step in bar:
         # A suite that has mastered its training length is drawn a quarter as often.
+        joined = [n for i, n in enumerate(names) if i == 0 or ladders[names[i - 1]].climbed]
         weights = np.array(
-            [config.mix[n] * (0.25 if ladders[n].at_top and ladders[n].mastered else 1.0)
-             for n in names]
+            [
+                config.mix[n] * (0.25 if ladders[n].at_top and ladders[n].mastered else 1.0)
+                if n in joined
+                else 0.0
+                for n in names
+            ]
         )
         name = names[int(rng.choice(len(names), p=weights / weights.sum()))]
         length = ladders[name].length(rng)
@@ -160,13 +178,16 @@ def train(config: TrainConfig, out: str | Path, minutes: float | None = None) ->
         out_of_time = minutes is not None and time.perf_counter() - start > 60 * minutes
         if (step + 1) % config.eval_every == 0 or last or out_of_time:
             scores = held_out(model, processor, config)
-            history.append({
-                "step": step + 1, "loss": round(smoothed, 4),
-                "seconds": round(time.perf_counter() - start, 1),
-                "lengths": {n: ladders[n].rungs[ladders[n].level] for n in names},
-                "batch_accuracy": {n: round(ladders[n].accuracy, 3) for n in names},
-                "held_out": scores,
-            })
+            history.append(
+                {
+                    "step": step + 1,
+                    "loss": round(smoothed, 4),
+                    "seconds": round(time.perf_counter() - start, 1),
+                    "lengths": {n: ladders[n].rungs[ladders[n].level] for n in names},
+                    "batch_accuracy": {n: round(ladders[n].accuracy, 3) for n in names},
+                    "held_out": scores,
+                }
+            )
             bar.write(json.dumps(history[-1]))
         mean = sum(scores.values()) / len(scores) if scores else float("nan")
         levels = ",".join(str(ladders[n].rungs[ladders[n].level]) for n in names)

@@ -6,7 +6,7 @@ import numpy as np
 
 from ...errors import SuiteArgumentError
 from ..draw import COLOURS, SHAPES
-from .base import Sample, ask, pick, text, user
+from .base import Sample, pick, text, user
 from .motion import FRAME, drifting_shapes
 from .video_needle import FRAMES, flash, frame_at
 
@@ -37,8 +37,9 @@ def generate(
     colours = rng.choice(list(COLOURS), size=2, replace=False).tolist()
     for frame, colour in zip((first, second), colours, strict=True):
         flash(rng, video[frame], colour, pick(rng, SHAPES))
-    answers = {"first": colours[0], "last": colours[1]}
-    prompt, answer, followups = ask(rng, PROMPTS, answers, question)
-    content = [{"type": "video", "video": video}, text(prompt)]
+    answer = colours[0] if question == "first" else colours[1]
+    content = [{"type": "video", "video": video}, text(PROMPTS[question])]
     metadata = {"length": frames, "depth": first / (frames - 1), "depth2": second / (frames - 1)}
-    return Sample([user(*content)], answer, metadata, followups)
+    # No follow-up: after "first" is answered, "last" is just the other colour, a shortcut
+    # that took the signal away from the order itself.
+    return Sample([user(*content)], answer, metadata)
