@@ -149,3 +149,14 @@ def write_family(name: str, directory: Path) -> Path:
     tiny.model.save_pretrained(directory)
     tiny.processor.save_pretrained(directory)
     return directory
+
+
+def write_testbed(directory: Path, arch: str = "qwen2vl") -> Path:
+    """An untrained tiny test-bed model (its word-level tokenizer and processor included)."""
+    from mmretain.testbed.architectures import build
+    from mmretain.testbed.train import save
+
+    torch.manual_seed(0)
+    model, processor = build(arch, "tiny")
+    save(model, processor, {"untrained": True}, directory)
+    return directory

@@ -46,3 +46,16 @@ def test_video_qa_example_streams_a_synthetic_video(checkpoint):
 def test_chat_image_example_runs_two_turns(checkpoint):
     out = run_example("chat_image.py", "--model", checkpoint)
     assert out.count("tokens seen") == 2
+
+
+def test_train_gates_example_trains_and_compares_policies(tmp_path):
+    from checkpoints import write_testbed
+
+    model = write_testbed(tmp_path / "model")
+    options = ["--model", str(model), "--steps", "3", "--width", "16", "--samples", "2"]
+    out = run_example("train_gates.py", *options, "--out", str(tmp_path / "gates"))
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
+    assert set(rows) == {"full", "snapkv", "global"}
+    assert rows["full"][1] == "100.0%"
+    assert float(rows["global"][1].rstrip("%")) < 100
+    assert (tmp_path / "gates" / "retention_gates.safetensors").is_file()

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelLoadError, UnknownTestbedModelError
+from .batching import training_batches
 from .suites import SUITES, Sample, make_sample, samples
 
 MODELS_DIR = Path(__file__).parent / "models"
@@ -35,4 +36,4 @@ def model_path(name: str = "testbed") -> Path:
     return path
 
 
-__all__ = ["MODELS", "SUITES", "Sample", "make_sample", "model_path", "samples"]
+__all__ = ["MODELS", "SUITES", "Sample", "make_sample", "model_path", "samples", "training_batches"]

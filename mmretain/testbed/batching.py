@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from .suites import Sample
+from .suites import Sample, make_sample
 from .tokenizer import IM_END, IM_START
 
 IGNORE = -100
@@ -65,3 +67,43 @@ def answer_accuracy(logits: torch.Tensor, labels: torch.Tensor, tokenizer: Any) 
 def last_positions(inputs: dict[str, Any]) -> torch.Tensor:
     """Index of each row's last real token (where the next-token prediction is the answer)."""
     return inputs["attention_mask"].sum(dim=1) - 1
+
+
+class TrainingBatches:
+    """Endless, deterministic batches of the suites at their training lengths, in the format
+    `mmretain.gates.data` trains gates on (forward inputs plus ``target_mask`` on the answers).
+
+    Re-iterable: every pass yields the same batches, so a resumed gate run sees what an
+    uninterrupted one would have.
+    """
+
+    def __init__(self, model_path: str | Path, *, seed: int = 0):
+        from transformers import AutoProcessor
+
+        from .train import TrainConfig
+
+        self.processor = AutoProcessor.from_pretrained(model_path)
+        self.seed = seed
+        self.config = TrainConfig()
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        rng = np.random.default_rng(self.seed)
+        names = list(self.config.mix)
+        weights = np.array([self.config.mix[n] for n in names])
+        drawn = dict.fromkeys(names, 0)
+        while True:
+            name = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+            size = self.config.batch[name]
+            batch = [
+                make_sample(name, drawn[name] + i, split="train", seed=self.seed)
+                for i in range(size)
+            ]
+            drawn[name] += size
+            inputs = encode(self.processor, batch, training=True)
+            inputs["target_mask"] = (inputs.pop("labels") != IGNORE).long()
+            yield inputs
+
+
+def training_batches(model_path: str | Path, *, seed: int = 0) -> TrainingBatches:
+    """The test-bed's gate-training data for the checkpoint at ``model_path``."""
+    return TrainingBatches(model_path, seed=seed)
