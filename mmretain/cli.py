@@ -6,11 +6,13 @@ import argparse
 import json
 import resource
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 
-from .errors import MMRetainError
+from .errors import MMRetainError, UsageError
 
 DEFAULT_MODEL = "testbed"
 DELEGATED_HELP = {
@@ -57,8 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     video = commands.add_parser("video-qa", help="answer questions about a video")
-    video.add_argument("video", help="path to a video file")
-    video.add_argument("-q", "--question", action="append", required=True, dest="questions")
+    video.add_argument("video", nargs="?", help="path to a video file")
+    video.add_argument("-q", "--question", action="append", dest="questions")
+    video.add_argument(
+        "--demo",
+        action="store_true",
+        help="write a test-bed needle video (64 frames) and answer its question",
+    )
     _common(video)
     video.add_argument("--fps", type=float, default=1.0, help="frames sampled per second")
     video.add_argument("--max-frames", type=int, default=None)
@@ -93,6 +100,27 @@ def _load(args):
 
 
 def video_qa(args) -> None:
+    if not args.demo:
+        if not args.video or not args.questions:
+            raise UsageError("give a video and at least one -q QUESTION, or --demo")
+        _answer_video(args, expected=None)
+        return
+    if args.video or args.questions:
+        raise UsageError("--demo makes its own video and question; drop the video and -q")
+    from .testbed.video_file import write_needle_video
+
+    with tempfile.TemporaryDirectory() as tmp:
+        info = write_needle_video(Path(tmp) / "needle.mp4", frames=64, depth=0.6, seed=1)
+        if not args.json:
+            print(
+                f"demo: a {info['frames']}-frame video of drifting grey shapes with one bright "
+                f"shape at frame {info['needle_frames'][0]}"
+            )
+        args.video, args.questions = str(Path(tmp) / "needle.mp4"), [info["question"]]
+        _answer_video(args, expected=info["answer"])
+
+
+def _answer_video(args, expected: str | None) -> None:
     from tqdm import tqdm
 
     from .media import Video
@@ -139,12 +167,15 @@ def video_qa(args) -> None:
                         for a in answers
                     ],
                     "peak_rss_mib": round(_peak_rss_mib(), 1),
+                    **({"expected": expected} if expected is not None else {}),
                 }
             )
         )
         return
     for a in answers:
         print(f"Q: {a.question}\nA: {a.text}")
+    if expected is not None:
+        print(f"(expected: {expected})")
     stats = answers[-1].stats
     print()
     # Kept tokens: entries over (layers x heads), so a token kept everywhere counts once.

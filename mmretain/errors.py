@@ -86,3 +86,7 @@ class VideosNotFoundError(MediaNotFoundError):
 
 class RunMismatchError(MMRetainError, ValueError):
     """An output directory holding rows of a run made with other settings."""
+
+
+class UsageError(MMRetainError, ValueError):
+    """Command-line arguments that do not fit together."""

@@ -249,3 +249,27 @@ def test_cli_truncated_video_answers_from_decoded_frames_with_a_warning(
     assert 0 < frames < 40
     assert captured.err.startswith("mmretain: warning: ")
     assert f"decoded {frames} of 40 planned frames" in captured.err
+
+
+def test_cli_demo_writes_a_needle_video_and_answers_it(checkpoint, capsys):
+    options = ["--model", str(checkpoint), "--max-new-tokens", "2", "--json"]
+    assert cli.main(["video-qa", "--demo", *options]) == 0
+    result = json.loads(capsys.readouterr().out)
+    (answer,) = result["answers"]
+    assert answer["question"].endswith("?") and result["expected"]
+    assert answer["frames"] == 64 and answer["stats"]["kept_by_modality"]["video"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--demo", "clip.mp4"], "--demo makes its own video"),
+        (["--demo", "-q", "what ?"], "--demo makes its own video"),
+        (["clip.mp4"], "at least one -q"),
+        ([], "give a video"),
+    ],
+)
+def test_cli_video_qa_arguments_that_do_not_fit_exit_2(checkpoint, capsys, args, message):
+    assert cli.main(["video-qa", *args, "--model", str(checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmretain: error:") and message in err
