@@ -12,7 +12,10 @@ is for ``--resume``.
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -73,7 +76,9 @@ def training_data(data: str, model: str) -> Iterable[dict[str, torch.Tensor]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    start = time.perf_counter()
     try:
         batches = training_data(args.data, args.model)
         train_gates(
@@ -92,5 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     except (MMRetainError, OSError, ImportError, ValueError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    # How the gates were made, for the reports that use them.
+    record = {"command": shlex.join([PROG, *argv]), "seconds": round(time.perf_counter() - start)}
+    (args.out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"retention gates written to {args.out}")
     return 0
