@@ -3,6 +3,7 @@ tests load them through the same from_pretrained path a real checkpoint takes.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -136,11 +137,15 @@ def family_chat_template(image: str, video: str) -> str:
     )
 
 
-def write_family(name: str, directory: Path) -> Path:
-    """A conftest family (llava_onevision, qwen2_5_vl, ...) saved with a chat template."""
+def write_family(name: str, directory: Path, words: Sequence[str] = ()) -> Path:
+    """A conftest family (llava_onevision, qwen2_5_vl, ...) saved with a chat template;
+    ``words`` join its vocabulary (Qwen3-VL's frame timestamps, say)."""
     from conftest import FAMILY_FACTORIES
 
     tiny = FAMILY_FACTORIES[name]()
+    if words:
+        tiny.processor.tokenizer.add_tokens(list(words))
+        tiny.model.resize_token_embeddings(len(tiny.processor.tokenizer))
     tiny.processor.chat_template = family_chat_template(
         tiny.image_placeholder, tiny.video_placeholder
     )

@@ -1,0 +1,51 @@
+"""Qwen3-VL video streamed chunk by chunk (timestamped temporal patches, DeepStack features)
+gives the logits of one forward pass over the processor's one-shot inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from checkpoints import write_family
+from test_video_qa import first_logits
+
+from mmretain import media
+from mmretain.api import load
+
+QUESTION = "what is the colour ?"
+
+
+def test_qwen3_vl_streams_like_one_shot(tmp_path, monkeypatch):
+    # Each timestamp below 5 s ("<1.2 seconds>") gets a token of its own, so they must match.
+    timestamps = [f"<{tenths / 10:.1f}" for tenths in range(50)]
+    checkpoint = write_family("qwen3_vl", tmp_path / "qwen3_vl", timestamps)
+    vlm = load(checkpoint, policy="snapkv", budget=10_000)
+    rng = np.random.default_rng(1)
+    path = tmp_path / "clip.mp4"
+    # 64 x 128 frames: 8 of them exceed the processor's pixel budget and are shrunk, 2 are not,
+    # so chunks must be sized as the whole video is.
+    media.write_video(
+        path, (rng.integers(0, 255, (64, 128, 3), dtype=np.uint8) for _ in range(8)), 2
+    )
+    logits = first_logits(monkeypatch)
+    [answer] = vlm.answer_video(path, QUESTION, fps=2, chunk_frames=2, max_new_tokens=2)
+
+    frames = np.concatenate(list(media.Video(path, fps=2).chunks(100)))
+    messages = [
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}
+    ]
+    text = vlm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = vlm.processor(
+        text=[text],
+        videos=[frames],
+        # the timestamp before each temporal patch comes from the frames' times in the file
+        video_metadata=[{"total_num_frames": 8, "fps": 2, "frames_indices": list(range(8))}],
+        do_sample_frames=False,
+        return_tensors="pt",
+    )
+    with torch.inference_mode():
+        expected = vlm.model(**inputs).logits[:, -1]
+    torch.testing.assert_close(logits[0], expected)
+    # 4 temporal patches of 1 x 3 merged tokens (a lone 2-frame chunk would make 2 x 4 each)
+    assert inputs["video_grid_thw"].tolist() == [[4, 2, 6]]
+    assert answer.stats.seen_by_modality["video"] == 4 * 3
+    assert answer.frames == 8
