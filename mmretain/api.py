@@ -209,14 +209,27 @@ class RetainedVLM:
             plan: _VideoPlan | None = None
             done = 0
             for frames in video.chunks(chunk_frames):
-                chunk = adapter.process_video_chunk(self.processor, frames)
-                embeddings = adapter.video_chunk_embeddings(chunk)
-                if plan is None:
-                    plan = _VideoPlan.make(
-                        adapter, session, chunk, embeddings, len(frames), total, video.sampled_fps
-                    )
-                positions, tags = plan.take(embeddings.shape[0], done)
-                session.extend_embeddings(embeddings[None], positions, tags)
+                indices = video.indices[done : done + len(frames)]
+                prompt = adapter.video_chunk_prompt(
+                    self.processor, frames, indices, video.info.fps, total
+                )
+                if prompt is not None:
+                    session.extend(prompt)
+                else:
+                    chunk = adapter.process_video_chunk(self.processor, frames)
+                    embeddings = adapter.video_chunk_embeddings(chunk)
+                    if plan is None:
+                        plan = _VideoPlan.make(
+                            adapter,
+                            session,
+                            chunk,
+                            embeddings,
+                            len(frames),
+                            total,
+                            video.sampled_fps,
+                        )
+                    positions, tags = plan.take(embeddings.shape[0], done)
+                    session.extend_embeddings(embeddings[None], positions, tags)
                 done += len(frames)
                 if progress is not None:
                     stats = session.cache.stats
@@ -226,13 +239,13 @@ class RetainedVLM:
                     progress(
                         VideoProgress(done, total, stats.tokens_seen, stats.entries_kept, budget)
                     )
-            # media raises when no frame decodes, so at least one chunk came through
-            assert plan is not None
-            tail = adapter.video_tail_embeddings()
-            if tail.shape[0]:
-                positions, tags = plan.take(tail.shape[0], done)
-                session.extend_embeddings(tail[None].to(self.model.dtype), positions, tags)
-            plan.close(session)
+            # Chunks that went in as prompt tokens kept the session's layout themselves.
+            if plan is not None:
+                tail = adapter.video_tail_embeddings()
+                if tail.shape[0]:
+                    positions, tags = plan.take(tail.shape[0], done)
+                    session.extend_embeddings(tail[None].to(self.model.dtype), positions, tags)
+                plan.close(session)
             context = session.snapshot()
             answers = []
             for question, (_, suffix) in zip(questions, prompts, strict=True):

@@ -114,7 +114,7 @@ def video_qa(args) -> None:
         if not args.json:
             print(
                 f"demo: a {info['frames']}-frame video of drifting grey shapes with one bright "
-                f"shape at frame {info['needle_frames'][0]}"
+                f"shape at frame {info['needle_frame']}"
             )
         args.video, args.questions = str(Path(tmp) / "needle.mp4"), [info["question"]]
         _answer_video(args, expected=info["answer"])

@@ -145,7 +145,8 @@ def write_family(name: str, directory: Path, words: Sequence[str] = ()) -> Path:
     tiny = FAMILY_FACTORIES[name]()
     if words:
         tiny.processor.tokenizer.add_tokens(list(words))
-        tiny.model.resize_token_embeddings(len(tiny.processor.tokenizer))
+        # random rows: the default (the mean embedding) would make the new words all alike
+        tiny.model.resize_token_embeddings(len(tiny.processor.tokenizer), mean_resizing=False)
     tiny.processor.chat_template = family_chat_template(
         tiny.image_placeholder, tiny.video_placeholder
     )

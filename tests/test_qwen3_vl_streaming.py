@@ -4,6 +4,7 @@ gives the logits of one forward pass over the processor's one-shot inputs."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from checkpoints import write_family
 from test_video_qa import first_logits
@@ -14,11 +15,13 @@ from mmretain.api import load
 QUESTION = "what is the colour ?"
 
 
-def test_qwen3_vl_streams_like_one_shot(tmp_path, monkeypatch):
+# chunk_tokens=3 also splits each chunk's prefill mid-patch, DeepStack features with it.
+@pytest.mark.parametrize("chunk_tokens", [None, 3])
+def test_qwen3_vl_streams_like_one_shot(chunk_tokens, tmp_path, monkeypatch):
     # Each timestamp below 5 s ("<1.2 seconds>") gets a token of its own, so they must match.
     timestamps = [f"<{tenths / 10:.1f}" for tenths in range(50)]
     checkpoint = write_family("qwen3_vl", tmp_path / "qwen3_vl", timestamps)
-    vlm = load(checkpoint, policy="snapkv", budget=10_000)
+    vlm = load(checkpoint, policy="snapkv", budget=10_000, chunk_tokens=chunk_tokens)
     rng = np.random.default_rng(1)
     path = tmp_path / "clip.mp4"
     # 64 x 128 frames: 8 of them exceed the processor's pixel budget and are shrunk, 2 are not,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -135,6 +137,22 @@ class Adapter:
         """(rows, cols) of one frame's tokens."""
         side = math.isqrt(max(tokens // max(frames, 1), 1))
         return side, side
+
+    def video_chunk_prompt(
+        self,
+        processor: Any,
+        frames: np.ndarray,
+        indices: Sequence[int],
+        fps: float,
+        total_frames: int,
+    ) -> dict[str, torch.Tensor] | None:
+        """One chunk of frames [n, H, W, 3] as prompt tokens with its frames (the processor's
+        inputs), for families whose prompt writes text between temporal patches; None for the
+        others, whose chunks go in as embeddings (`video_chunk_embeddings`) on a planned grid.
+
+        ``indices`` are the chunk's frame numbers in a file of ``fps`` frames per second, and
+        ``total_frames`` the frames of the whole streamed video."""
+        return None
 
     def video_chunk_embeddings(self, chunk: dict[str, torch.Tensor]) -> torch.Tensor:
         """Embeddings [n, d] of one chunk of frames, as the processor prepared them."""

@@ -6,16 +6,22 @@ time, ``<t seconds><|vision_start|>`` tokens ``<|vision_end|>``, so each tempora
 run of video tokens with text between. M-RoPE gives all of a run the temporal index where the run
 starts (time lives in the timestamps) and interleaves the t/h/w frequencies. The vision
 encoder also hands features of early layers to the first decoder layers ("DeepStack"), added at
-the visual positions of the prompt.
+the visual positions of the prompt. So a streamed video goes in chunk by chunk as prompt
+tokens with their frames (timestamps included) through the model's own forward, not as
+precomputed embeddings.
 
 Tags: ``frame`` of a video token is its temporal patch; ``row``/``col`` are on the merged grid.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
+from transformers import Qwen3VLVideoProcessor
+from transformers.image_utils import SizeDict
 
 from ..errors import UnsupportedModelError
 from ..tags import Modality, TokenTags
@@ -31,8 +37,57 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         raise UnsupportedModelError(
             "Qwen3-VL cannot be streamed as precomputed embeddings: its encoder also adds "
             "DeepStack features inside the first decoder layers, and its prompt puts a timestamp "
-            "before every temporal patch. Give the video with the prompt to generate instead."
+            "before every temporal patch. Stream each chunk as prompt tokens with its frames "
+            "(video_chunk_prompt) instead."
         )
+
+    def video_chunk_prompt(
+        self,
+        processor: Any,
+        frames: np.ndarray,
+        indices: Sequence[int],
+        fps: float,
+        total_frames: int,
+    ) -> dict[str, torch.Tensor]:
+        # The model's own forward then encodes the frames, adds DeepStack features at the video
+        # positions and embeds the timestamps, exactly as for the whole video at once.
+        videos = processor.video_processor
+        clip = torch.from_numpy(frames).permute(0, 3, 1, 2)[None]
+        # The processor sizes frames from a pixel budget shared by all frames it is given, so a
+        # chunk alone would come out larger than in the whole video: size it as the whole video.
+        height, width = self._frame_size(videos, clip.shape[-2:], total_frames)
+        # The resize the processor applies once it has chosen the size.
+        resized = super(Qwen3VLVideoProcessor, videos).resize(
+            clip, SizeDict(height=height, width=width), videos.resample
+        )
+        # Timestamps come from the chunk's frame indices in the file and the file's frame rate.
+        metadata = {"fps": fps, "frames_indices": list(indices), "total_num_frames": len(frames)}
+        out = processor(
+            text=[processor.video_token],
+            videos=[resized[0]],
+            video_metadata=[metadata],
+            do_sample_frames=False,
+            do_resize=False,
+            add_special_tokens=False,
+            return_tensors="pt",
+        )
+        names = ("input_ids", "mm_token_type_ids", "pixel_values_videos", "video_grid_thw")
+        return {name: out[name] for name in names}
+
+    @staticmethod
+    def _frame_size(videos: Any, frame: torch.Size, total_frames: int) -> tuple[int, int]:
+        """(height, width) the processor gives each frame of a ``total_frames``-frame video."""
+        # Asked about an empty batch, the processor's own resize shows its target size for free.
+        empty = torch.empty(0, total_frames, 3, *frame, dtype=torch.uint8)
+        sized = videos.resize(
+            empty,
+            videos.size,
+            videos.resample,
+            factor=videos.patch_size * videos.merge_size,
+            temporal_factor=videos.temporal_patch_size,
+            cap_pixels_per_frame=videos.cap_pixels_per_frame,
+        )
+        return sized.shape[-2], sized.shape[-1]
 
     def tags(self, input_ids: torch.Tensor, inputs: dict[str, Any]) -> TokenTags:
         tags = TokenTags.text(*input_ids.shape)

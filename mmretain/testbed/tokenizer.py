@@ -6,7 +6,7 @@ from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from .draw import COLOURS, SHAPES
-from .suites import dialogue, image_needle, temporal_order, video_needle
+from .suites import dialogue, image_needle, video_needle
 
 PAD, UNK = "<|endoftext|>", "<unk>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -38,7 +38,6 @@ def vocabulary() -> list[str]:
     prompts = [
         *image_needle.PROMPTS.values(),
         *video_needle.PROMPTS.values(),
-        *temporal_order.PROMPTS.values(),
         *dialogue.PROMPTS.values(),
     ]
     words = set(" ".join([PHRASE_WORDS, *prompts]).split())

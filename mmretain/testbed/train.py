@@ -37,14 +37,12 @@ class TrainConfig:
             "video-needle": 0.25,
             "image-needle": 0.3,
             "dialogue": 0.2,
-            "temporal-order": 0.25,
         }
     )
     batch: dict[str, int] = field(
         default_factory=lambda: {
             "image-needle": 8,
             "video-needle": 16,
-            "temporal-order": 16,
             "dialogue": 16,
         }
     )
@@ -54,7 +52,6 @@ class TrainConfig:
         default_factory=lambda: {
             "image-needle": (4, 8, 16),
             "video-needle": (2, 4, 8, 16, 32),
-            "temporal-order": (8, 16, 32),
             "dialogue": (3,),
         }
     )

@@ -38,7 +38,7 @@ def write_needle_video(
         "question_type": meta["question"],
         "frames": frames,
         "fps": fps,
-        "needle_frames": [round(meta[k] * (frames - 1)) for k in ("depth", "depth2") if k in meta],
+        "needle_frame": round(meta["depth"] * (frames - 1)),
         "seed": seed,
     }
     out.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")

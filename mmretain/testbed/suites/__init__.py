@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ...errors import SuiteArgumentError
-from . import dialogue, image_needle, temporal_order, video_needle
+from . import dialogue, image_needle, video_needle
 from .base import Sample, sample_rng
 
 
@@ -30,13 +30,6 @@ SUITES: dict[str, Suite] = {
         Suite("image-needle", image_needle.QUESTIONS, image_needle.generate, image_needle.CELLS),
         Suite(
             "video-needle", video_needle.QUESTIONS, video_needle.generate, video_needle.FRAMES, True
-        ),
-        Suite(
-            "temporal-order",
-            temporal_order.QUESTIONS,
-            temporal_order.generate,
-            video_needle.FRAMES,
-            True,
         ),
         Suite("dialogue", dialogue.QUESTIONS, dialogue.generate, 3),
     )
