@@ -44,7 +44,6 @@ def generate_answer(model, processor, sample: Sample) -> str:
         ("video-needle", "colour"),
         ("video-needle", "shape"),
         ("image-needle", "colour"),
-        ("temporal-order", "first"),
         ("dialogue", "text-colour"),
     ],
 )
