@@ -214,7 +214,8 @@ class RetainedVLM:
                     self.processor, frames, indices, video.info.fps, total
                 )
                 if prompt is not None:
-                    session.extend(prompt)
+                    with self.run.media_stream():
+                        session.extend(prompt)
                 else:
                     chunk = adapter.process_video_chunk(self.processor, frames)
                     embeddings = adapter.video_chunk_embeddings(chunk)

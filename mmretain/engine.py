@@ -50,6 +50,7 @@ class RetentionRun:
         self._pending_tags: TokenTags | None = None
         self._generate_inputs: dict[str, Any] = {}
         self._turn = (0, 0)
+        self._media_stream = False
         self._row_start = torch.zeros(1, dtype=torch.long)
         self._windows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._scaling: dict[int, float] = {}
@@ -167,7 +168,8 @@ class RetentionRun:
             seen = cache.get_seq_length()
             tags = self._take_tags(b, n, seen)
             valid = self._valid(kwargs.get("attention_mask"), b, n)
-            if n > 1 and bool((tags.modality == int(Modality.TEXT)).any()):
+            starts_turn = n > 1 and not self._media_stream
+            if starts_turn and bool((tags.modality == int(Modality.TEXT)).any()):
                 self.prompts += 1
                 self._turn = (seen, seen + n)
             if seen == 0:
@@ -190,6 +192,16 @@ class RetentionRun:
             return out
 
         return chunked_forward
+
+    @contextmanager
+    def media_stream(self) -> Iterator[None]:
+        """Forwards inside continue the current turn: a video chunk's own text (Qwen3-VL's
+        frame timestamps) must not take the protection from the prompt around the video."""
+        self._media_stream = True
+        try:
+            yield
+        finally:
+            self._media_stream = False
 
     def expect_tags(self, tags: TokenTags) -> None:
         """Tags of the next forward's tokens, for calls that bring embeddings, not ids."""

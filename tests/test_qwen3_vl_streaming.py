@@ -52,3 +52,35 @@ def test_qwen3_vl_streams_like_one_shot(chunk_tokens, tmp_path, monkeypatch):
     assert inputs["video_grid_thw"].tolist() == [[4, 2, 6]]
     assert answer.stats.seen_by_modality["video"] == 4 * 3
     assert answer.frames == 8
+
+
+def test_chunk_timestamps_do_not_start_a_turn(tmp_path):
+    """The question before the video stays the protected turn while timestamped chunks stream."""
+    checkpoint = write_family("qwen3_vl", tmp_path / "qwen3_vl")
+    vlm = load(checkpoint, policy="streaming", budget=20, sink=0, recent=2)
+    rng = np.random.default_rng(2)
+    path = tmp_path / "clip.mp4"
+    media.write_video(
+        path, (rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(8)), 2
+    )
+    question = vlm.tokenizer(QUESTION, add_special_tokens=False)["input_ids"]
+    prefix = vlm._video_prompt(QUESTION, question_first=True)[0]
+    start = next(i for i in range(len(prefix)) if prefix[i : i + len(question)] == question)
+    asked = set(range(start, start + len(question)))
+    kept_after_chunks = []
+
+    def after_chunk(progress) -> None:
+        layer = vlm.run.cache.layers[0]
+        kept_after_chunks.append(all(asked <= set(head[0].tolist()) for head in layer.positions))
+
+    vlm.answer_video(
+        path,
+        QUESTION,
+        fps=2,
+        chunk_frames=2,
+        max_new_tokens=1,
+        question_first=True,
+        progress=after_chunk,
+    )
+    assert kept_after_chunks == [True] * 4
+    assert vlm.run.prompts == 2  # the text before the video and the text after it: no chunk
