@@ -51,6 +51,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         choices=("global", "layer", "uniform"),
         help="default: the policy's own (global; uniform for trimkv)",
     )
+    parser.add_argument(
+        "--sink", type=int, default=None, help="first tokens never evicted (default 4)"
+    )
+    parser.add_argument(
+        "--recent", type=int, default=None, help="last tokens never evicted (default 32)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=64)
 
 
@@ -96,7 +102,14 @@ def _peak_rss_mib() -> float:
 def _load(args):
     from .api import load
 
-    return load(args.model, policy=args.policy, budget=args.budget, allocation=args.allocation)
+    protections = {k: v for k, v in (("sink", args.sink), ("recent", args.recent)) if v is not None}
+    return load(
+        args.model,
+        policy=args.policy,
+        budget=args.budget,
+        allocation=args.allocation,
+        **protections,
+    )
 
 
 def video_qa(args) -> None:
@@ -109,6 +122,10 @@ def video_qa(args) -> None:
         raise UsageError("--demo makes its own video and question; drop the video and -q")
     from .testbed.video_file import write_needle_video
 
+    # The video is short: a recent window of 32 tokens would be a quarter of it, so the demo
+    # leaves the whole budget to the policy unless told otherwise.
+    args.sink = 0 if args.sink is None else args.sink
+    args.recent = 0 if args.recent is None else args.recent
     with tempfile.TemporaryDirectory() as tmp:
         info = write_needle_video(Path(tmp) / "needle.mp4", frames=64, depth=0.6, seed=1)
         if not args.json:

@@ -9,14 +9,17 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mmretain import media
-from mmretain.errors import UnknownTestbedModelError
+from mmretain.errors import ModelLoadError, UnknownTestbedModelError
 from mmretain.testbed import MODELS, make_sample, model_path
 from mmretain.testbed.cli import main
 from mmretain.testbed.suites import Sample
 from mmretain.testbed.suites.base import text, user
 
+# Only the Qwen2-VL model ships so far; "testbed-llava" is not trained yet.
+SHIPPED = ["testbed"]
 
-@pytest.fixture(scope="module", params=list(MODELS))
+
+@pytest.fixture(scope="module", params=SHIPPED)
 def shipped(request):
     path = model_path(request.param)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
@@ -66,10 +69,17 @@ def test_shipped_model_answers_a_needle_video_read_back_from_mp4(shipped, tmp_pa
 
 
 def test_shipped_checkpoints_are_small_safetensors():
-    for name in MODELS:
+    for name in SHIPPED:
         weights = model_path(name) / "model.safetensors"
         assert weights.stat().st_size < 20 * 2**20
         assert not list(model_path(name).glob("*.bin"))
+
+
+def test_unshipped_model_says_how_to_train_it():
+    missing = [name for name in MODELS if name not in SHIPPED]
+    for name in missing:
+        with pytest.raises(ModelLoadError, match="testbed train --arch llava-onevision"):
+            model_path(name)
 
 
 def test_unknown_model_name_is_a_typed_error():

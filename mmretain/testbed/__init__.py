@@ -31,7 +31,7 @@ def model_path(name: str = "testbed") -> Path:
     if not (path / "model.safetensors").is_file():
         raise ModelLoadError(
             f"the {name!r} checkpoint is missing from {path}; reinstall mmretain, or train it with "
-            f"`python -m mmretain.testbed train --out {path}`"
+            f"`python -m mmretain.testbed train --arch {MODELS[name]} --out {path}`"
         )
     return path
 
