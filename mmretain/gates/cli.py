@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     # How the gates were made, for the reports that use them.
-    record = {"command": shlex.join([PROG, *argv]), "seconds": round(time.perf_counter() - start)}
+    record = {
+        "command": shlex.join([*PROG.split(), *argv]),
+        "seconds": round(time.perf_counter() - start),
+    }
     (args.out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"retention gates written to {args.out}")
     return 0
