@@ -31,8 +31,10 @@ GATED = ["trimkv", "global"]
 BUDGETS = ["0.05", "0.1", "0.25", "0.5"]
 HEURISTICS = POLICIES[1:]
 # Protections off, so a small budget is spent on what each policy ranks highest; the latest
-# prompt's text stays protected (the question must survive).
-SETTINGS = RunSettings(model="testbed", max_new_tokens=2, sink=0, recent=0)
+# prompt's text stays protected (the question must survive). Prompts are prefilled 32 tokens at
+# a time with eviction after each, so an image or an earlier turn is compressed before the
+# question arrives (as a video is, chunk by chunk); one token is the whole one-word answer.
+SETTINGS = RunSettings(model="testbed", max_new_tokens=1, sink=0, recent=0, chunk_tokens=32)
 
 
 def training_prompt_tokens(out: Path) -> int:
@@ -142,7 +144,10 @@ def main() -> None:
         'Model: the shipped test-bed model (`mmretain.load("testbed")`, Qwen2-VL '
         "architecture). Cells: accuracy (%) on held-out samples, then the KV bytes held as a "
         "percentage of the full cache. Protections: `sink=0`, `recent=0`; the question stays "
-        "protected. Budgets are fractions of the tokens seen.",
+        "protected. Budgets are fractions of the tokens seen. Prompts are prefilled 32 tokens "
+        "at a time, evicting after each (`chunk_tokens=32`; a video 16 frames at a time), so "
+        "what was dropped before the question arrived is gone when it is answered; one new "
+        "token (every answer is one word).",
         "",
         "Gates, trained on this machine: "
         + "; ".join(f"`{m['command']}` ({m['seconds']} s)" for m in made)

@@ -251,3 +251,29 @@ def test_the_grid_has_the_full_cache_once_and_one_spelling_per_budget():
     assert [c.name for c in grid] == ["full", "snapkv@0.1", "snapkv@512", "snapkv@64MiB"]
     with pytest.raises(ValueError, match="at least one budget"):
         cells(["snapkv"], [], settings)
+
+
+def test_chunk_tokens_bounds_the_peak_while_the_prompt_is_read(checkpoint, tmp_path):
+    """With --chunk-tokens the prompt is prefilled in pieces and evicted after each, so the
+    cache never holds the whole image at once."""
+    peaks = {}
+    for chunk in (None, 8):
+        settings = RunSettings(
+            model=str(checkpoint), max_new_tokens=1, sink=0, recent=0, chunk_tokens=chunk
+        )
+        out = tmp_path / str(chunk)
+        evaluate(
+            out,
+            select_tasks("vqa", ["vqav2"]),
+            [Cell("snapkv", "0.25")],
+            settings,
+            limit=2,
+            locations=Locations({"vqav2": VQAV2}),
+            pictures=0,
+            progress=False,
+        )
+        rows = rows_of(out, "vqav2", "snapkv@0.25")
+        assert all("error" not in row for row in rows)
+        peaks[chunk] = max(row["kv_peak_bytes"] for row in rows)
+        full = max(row["kv_full_bytes"] for row in rows)
+    assert peaks[8] < peaks[None] <= full

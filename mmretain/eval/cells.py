@@ -27,6 +27,9 @@ class RunSettings:
     allocation: str | None = None
     sink: int = 4
     recent: int = 32
+    # Prefill at most this many tokens per forward, evicting after each: the answer then comes
+    # from what the budget kept, not from a prefill that saw everything.
+    chunk_tokens: int | None = None
     dtype: str | None = None
 
     @property
@@ -57,6 +60,7 @@ class Cell:
             allocation=settings.allocation,
             sink=settings.sink,
             recent=settings.recent,
+            chunk_tokens=settings.chunk_tokens,
         )
 
 

@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allocation", choices=("global", "layer", "uniform"), default=None)
     parser.add_argument("--sink", type=int, default=4, help="first tokens never evicted")
     parser.add_argument("--recent", type=int, default=32, help="last tokens never evicted")
+    parser.add_argument(
+        "--chunk-tokens",
+        type=int,
+        default=None,
+        help="prefill this many tokens per forward, evicting after each (default: one forward)",
+    )
     parser.add_argument("--dtype", default=None, help="model dtype, e.g. bfloat16")
     parser.add_argument(
         "--pictures", type=int, default=1, help="retention pictures for the first N samples"
@@ -102,6 +108,7 @@ def run(args: argparse.Namespace) -> None:
         allocation=args.allocation,
         sink=args.sink,
         recent=args.recent,
+        chunk_tokens=args.chunk_tokens,
         dtype=args.dtype,
     )
     grid = cells(_split(args.policies), _split(args.budgets), settings)
