@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -30,6 +29,15 @@ POLICIES = ["full", "random", "streaming", "knorm", "snapkv", "h2o", "tova", "fa
 GATED = ["trimkv", "global"]
 BUDGETS = ["0.05", "0.1", "0.25", "0.5"]
 HEURISTICS = POLICIES[1:]
+NOTES = {
+    "dialogue": [
+        "The whole conversation reaches the model as one prompt, and the latest prompt's text is",
+        "protected, so only the turn-1 image can be evicted: every policy drops all of it at",
+        "every budget here, which the rows show. Measuring retention across turns needs the",
+        "runner to feed the turns one by one (not done yet).",
+        "",
+    ]
+}
 # Protections off, so a small budget is spent on what each policy ranks highest; the latest
 # prompt's text stays protected (the question must survive). Prompts are prefilled 32 tokens at
 # a time with eviction after each, so an image or an earlier turn is compressed before the
@@ -86,21 +94,28 @@ def goals(results: list[CellResult], train_budget: int) -> list[str]:
             met = gated >= 0.98 * full
             ratios[-1] += "" if met else " (missed)"
     out.append("1. At 10%, `global` reaches >= 98% of the full cache: " + ", ".join(ratios) + ".")
-    beaten = []
-    for task in tasks:
-        for budget in ("0.05", "0.1"):
-            gated = score(task, f"global@{budget}")
-            best = max(
-                (score(task, f"{p}@{budget}") or 0.0, p)
-                for p in HEURISTICS
-                if score(task, f"{p}@{budget}") is not None
-            )
-            if gated is not None:
-                verdict = "beats" if gated > best[0] else "does not beat"
-                beaten.append(
-                    f"{task} at {float(budget):.0%}: {gated:.1f} {verdict} {best[1]} {best[0]:.1f}"
+    for number, policy in (("2", "global"), ("2b", "trimkv")):
+        beaten = []
+        for task in tasks:
+            for budget in ("0.05", "0.1"):
+                gated = score(task, f"{policy}@{budget}")
+                best = max(
+                    (score(task, f"{p}@{budget}") or 0.0, p)
+                    for p in HEURISTICS
+                    if score(task, f"{p}@{budget}") is not None
                 )
-    out.append("2. At 5% and 10%, `global` beats every heuristic: " + "; ".join(beaten) + ".")
+                if gated is not None:
+                    verdict = "beats" if gated > best[0] else "does not beat"
+                    beaten.append(
+                        f"{task} at {float(budget):.0%}: {gated:.1f} {verdict} the best "
+                        f"heuristic, {best[1]} {best[0]:.1f}"
+                    )
+        goal = "the goal" if policy == "global" else "the same test for the untied gates"
+        out.append(
+            f"{number}. At 5% and 10%, `{policy}` beats every heuristic ({goal}): "
+            + "; ".join(beaten)
+            + "."
+        )
     long = []
     for task in tasks:
         gated, full = score(task, f"global@{train_budget}"), score(task, FULL)
@@ -121,7 +136,6 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=HERE / "gates_testbed.md")
     args = parser.parse_args()
 
-    start = time.perf_counter()
     model_path(SETTINGS.model)  # fails now, with the fix, if the checkpoint is missing
     tasks = select_tasks("testbed")
     grid = cells(POLICIES + GATED, BUDGETS, SETTINGS)
@@ -137,9 +151,10 @@ def main() -> None:
     lines = [
         "# Learned retention gates on the test-bed",
         "",
-        f"Produced by `python eval/gates_testbed.py --limit {args.limit}` "
-        f"({time.perf_counter() - start:.0f} s on {torch.get_num_threads()} threads, "
-        f"{platform.machine()}); rows in `{args.out.relative_to(HERE.parent)}`.",
+        f"Produced by `python eval/gates_testbed.py --limit {args.limit}`; rows, report and "
+        f"plot in `{args.out.relative_to(HERE.parent)}`. Answering took "
+        f"{sum(r.seconds * (r.samples + r.errors) for r in results):.0f} s in all "
+        f"(torch threads: {torch.get_num_threads()}, {platform.machine()}).",
         "",
         'Model: the shipped test-bed model (`mmretain.load("testbed")`, Qwen2-VL '
         "architecture). Cells: accuracy (%) on held-out samples, then the KV bytes held as a "
@@ -157,7 +172,7 @@ def main() -> None:
         "",
     ]
     for suite in SUITES:
-        lines += [f"## {suite}", "", *table(results, suite)]
+        lines += [f"## {suite}", "", *NOTES.get(suite, []), *table(results, suite)]
     args.report.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.report}")
 
