@@ -277,3 +277,34 @@ def test_chunk_tokens_bounds_the_peak_while_the_prompt_is_read(checkpoint, tmp_p
         peaks[chunk] = max(row["kv_peak_bytes"] for row in rows)
         full = max(row["kv_full_bytes"] for row in rows)
     assert peaks[8] < peaks[None] <= full
+
+
+def test_a_conversation_is_fed_turn_by_turn(tmp_path, monkeypatch):
+    """Earlier turns are prefilled and answered before the next, as in a chat, so they can be
+    evicted before the question in the last turn arrives."""
+    from checkpoints import write_testbed
+
+    from mmretain.api import RetainedVLM
+
+    model = write_testbed(tmp_path / "model")
+    seen: list[list[str]] = []
+    chat = RetainedVLM.chat
+
+    def recording(self, messages, max_new_tokens=128):
+        seen.append([m["role"] for m in messages])
+        return chat(self, messages, max_new_tokens)
+
+    monkeypatch.setattr(RetainedVLM, "chat", recording)
+    settings = RunSettings(model=str(model), max_new_tokens=1, sink=0, recent=0)
+    evaluate(
+        tmp_path / "out",
+        select_tasks("testbed", ["dialogue"]),
+        [Cell("snapkv", "0.5")],
+        settings,
+        limit=1,
+        pictures=0,
+        progress=False,
+    )
+    assert [roles.count("user") for roles in seen] == [1, 2, 3]
+    assert seen[0] == ["user"] and seen[-1][-1] == "user"
+    assert "error" not in rows_of(tmp_path / "out", "dialogue", "snapkv@0.5")[0]

@@ -41,6 +41,8 @@ from .sample import EvalSample
 # Errors of the model or the policy, not of a sample: every sample would fail the same way.
 FATAL = (GatesMismatchError, GatesNotFoundError, ModelLoadError, RetentionStateError)
 FATAL += (UnsupportedModelError,)
+# New tokens for the replies to earlier turns of a conversation (only the last is scored).
+EARLIER_TURN_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,12 @@ class Runner:
                 max_new_tokens=tokens,
             )[0]
         vlm.reset()
+        # A conversation arrives turn by turn, as in a chat: each earlier turn is prefilled and
+        # answered (and evicted from) before the next one, and only the latest turn's text is
+        # protected. A reply that differs from the recorded one restarts the session.
+        users = [i for i, message in enumerate(sample.messages) if message["role"] == "user"]
+        for turn in users[:-1]:
+            vlm.chat(sample.messages[: turn + 1], max_new_tokens=EARLIER_TURN_TOKENS)
         return vlm.chat(sample.messages, max_new_tokens=tokens)
 
     def _picture(self, task, cell: Cell, vlm, sample: EvalSample) -> None:
