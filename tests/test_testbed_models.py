@@ -75,3 +75,17 @@ def test_shipped_checkpoints_are_small_safetensors():
 def test_unknown_model_name_is_a_typed_error():
     with pytest.raises(UnknownTestbedModelError, match="shipped: testbed"):
         model_path("testbed-nope")
+
+
+@pytest.mark.parametrize("policy", ["global", "trimkv"])
+def test_shipped_gates_load_with_no_flag(shipped, policy):
+    import mmretain
+    from mmretain.eval.testbed_tasks import FrameArray
+
+    name = shipped[0]
+    vlm = mmretain.load(name, policy=policy, budget=1.0)
+    sample = make_sample("video-needle", 1, split="eval", question="shape")
+    question = sample.messages[-1]["content"][-1]["text"]
+    (answer,) = vlm.answer_video(FrameArray(sample.videos[0]), question, max_new_tokens=1)
+    assert answer.text.strip() == sample.answer
+    assert vlm.run.policy._gates is not None
