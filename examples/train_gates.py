@@ -30,9 +30,7 @@ def accuracy(vlm: mmretain.RetainedVLM, task: str, samples: int) -> tuple[float,
         sample = data.sample(index, reference, None)
         (answer,) = vlm.answer_video(sample.video, sample.prompt, max_new_tokens=2)
         right += answer.text.strip() == reference.answer
-        stats = answer.stats
-        slots = sum(len(heads) for heads in stats.kept_by_head)  # (layer, KV head) pairs
-        held += stats.entries_kept / (stats.tokens_seen * slots)
+        held += answer.stats.entries_kept / (answer.stats.tokens_seen * answer.stats.slots)
     return right / samples, held / samples
 
 

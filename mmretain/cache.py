@@ -49,6 +49,16 @@ class RetentionStats:
         """Bytes held relative to a full cache of the same tokens."""
         return self.bytes_held / self.bytes_full_cache if self.bytes_full_cache else 1.0
 
+    @property
+    def slots(self) -> int:
+        """(layer, KV head) pairs: a token kept in all of them is this many entries."""
+        return sum(len(heads) for heads in self.kept_by_head) or 1
+
+    @property
+    def tokens_kept(self) -> dict[str, float]:
+        """Entries kept per modality over `slots`: a token kept everywhere counts once."""
+        return {name: kept / self.slots for name, kept in self.kept_by_modality.items()}
+
 
 @dataclass
 class Incoming:

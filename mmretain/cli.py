@@ -195,12 +195,10 @@ def _answer_video(args, expected: str | None) -> None:
         print(f"(expected: {expected})")
     stats = answers[-1].stats
     print()
-    # Kept tokens: entries over (layers x heads), so a token kept everywhere counts once.
-    slots = len(stats.kept_by_head) * len(stats.kept_by_head[0]) if stats.kept_by_head else 1
     print(f"{'modality':<10} {'tokens seen':>12} {'tokens kept':>12}")
     for name, seen in stats.seen_by_modality.items():
         if seen:
-            print(f"{name:<10} {seen:>12} {stats.kept_by_modality[name] / slots:>12.1f}")
+            print(f"{name:<10} {seen:>12} {stats.tokens_kept[name]:>12.1f}")
     print(
         f"\nKV bytes held {stats.bytes_held:,} ({stats.kv_fraction:.1%} of a full cache), "
         f"peak {stats.peak_bytes_held:,}; peak RSS {_peak_rss_mib():.0f} MiB; "

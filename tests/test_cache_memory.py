@@ -102,3 +102,11 @@ def test_decoding_never_exceeds_budget_plus_buffer(llama):
     # Past budget + buffer, every buffer + 1 decode steps bring the cache back to the budget.
     assert run.stats.evictions == (run.stats.tokens_seen - budget - 1) // (buffer + 1)
     assert run.stats.entries_kept <= (budget + buffer) * per_token
+
+
+def test_tokens_kept_counts_a_token_kept_in_every_slot_once():
+    from mmretain.cache import RetentionStats
+
+    stats = RetentionStats(kept_by_head=[[3, 5], [2, 2]], kept_by_modality={"video": 8, "text": 4})
+    assert stats.slots == 4
+    assert stats.tokens_kept == {"video": 2.0, "text": 1.0}

@@ -227,9 +227,8 @@ class Runner:
             self._picture(task, cell, vlm, sample)
         scored = task.scorer.score(answer.text, reference.answer, reference.options)
         stats = answer.stats
-        slots = len(stats.kept_by_head) * len(stats.kept_by_head[0]) if stats.kept_by_head else 1
         # The same cache holding every token it saw: the denominator of "KV memory %".
-        full_bytes = stats.tokens_seen * slots * vlm.run.cache.bytes_per_entry()
+        full_bytes = stats.tokens_seen * stats.slots * vlm.run.cache.bytes_per_entry()
         row = {
             "index": index,
             "id": reference.id,
@@ -238,8 +237,7 @@ class Runner:
             "answer": reference.answer,
             "groups": reference.groups,
             "tokens_seen": {k: v for k, v in stats.seen_by_modality.items() if v},
-            # A token kept in every (layer, head) counts once: entries over slots.
-            "tokens_kept": {k: round(v / slots, 2) for k, v in stats.kept_by_modality.items() if v},
+            "tokens_kept": {k: round(v, 2) for k, v in stats.tokens_kept.items() if v},
             "kv_bytes": stats.bytes_held,
             "kv_peak_bytes": stats.peak_bytes_held,
             "kv_full_bytes": full_bytes,
