@@ -187,6 +187,11 @@ class RetainedVLM:
         cut = ids.index(video_token)
         return ids[:cut], ids[cut + 1 :]
 
+    def _video_progress(self, session: Session, done: int, total: int) -> VideoProgress:
+        stats = session.cache.stats
+        budget = self.run.capacity(session.cache) if session.cache.initialized_layers else 0
+        return VideoProgress(done, total, stats.tokens_seen, stats.entries_kept, budget)
+
     def _stream_and_answer(
         self,
         video: media.Video,
@@ -206,47 +211,43 @@ class RetainedVLM:
         with self._hooked():
             session.activate()
             session.extend({"input_ids": torch.tensor([prefix])})
-            plan: _VideoPlan | None = None
-            done = 0
-            for frames in video.chunks(chunk_frames):
-                indices = video.indices[done : done + len(frames)]
-                prompt = adapter.video_chunk_prompt(
-                    self.processor, frames, indices, video.info.fps, total
-                )
-                if prompt is not None:
-                    with self.run.media_stream():
+            # The video is one turn's content: text a chunk brings (Qwen3-VL's timestamps)
+            # must not take the protection from the prompt around it.
+            with self.run.media_stream():
+                plan: _VideoPlan | None = None
+                done = 0
+                for frames in video.chunks(chunk_frames):
+                    indices = video.indices[done : done + len(frames)]
+                    prompt = adapter.video_chunk_prompt(
+                        self.processor, frames, indices, video.info.fps, total
+                    )
+                    if prompt is not None:
                         session.extend(prompt)
-                else:
-                    chunk = adapter.process_video_chunk(self.processor, frames)
-                    embeddings = adapter.video_chunk_embeddings(chunk)
-                    if plan is None:
-                        plan = _VideoPlan.make(
-                            adapter,
-                            session,
-                            chunk,
-                            embeddings,
-                            len(frames),
-                            total,
-                            video.sampled_fps,
-                        )
-                    positions, tags = plan.take(embeddings.shape[0], done)
-                    session.extend_embeddings(embeddings[None], positions, tags)
-                done += len(frames)
-                if progress is not None:
-                    stats = session.cache.stats
-                    budget = (
-                        self.run.capacity(session.cache) if session.cache.initialized_layers else 0
-                    )
-                    progress(
-                        VideoProgress(done, total, stats.tokens_seen, stats.entries_kept, budget)
-                    )
-            # Chunks that went in as prompt tokens kept the session's layout themselves.
-            if plan is not None:
-                tail = adapter.video_tail_embeddings()
-                if tail.shape[0]:
-                    positions, tags = plan.take(tail.shape[0], done)
-                    session.extend_embeddings(tail[None].to(self.model.dtype), positions, tags)
-                plan.close(session)
+                    else:
+                        chunk = adapter.process_video_chunk(self.processor, frames)
+                        embeddings = adapter.video_chunk_embeddings(chunk)
+                        if plan is None:
+                            plan = _VideoPlan.make(
+                                adapter,
+                                session,
+                                chunk,
+                                embeddings,
+                                len(frames),
+                                total,
+                                video.sampled_fps,
+                            )
+                        positions, tags = plan.take(embeddings.shape[0], done)
+                        session.extend_embeddings(embeddings[None], positions, tags)
+                    done += len(frames)
+                    if progress is not None:
+                        progress(self._video_progress(session, done, total))
+                # Chunks that went in as prompt tokens kept the session's layout themselves.
+                if plan is not None:
+                    tail = adapter.video_tail_embeddings()
+                    if tail.shape[0]:
+                        positions, tags = plan.take(tail.shape[0], done)
+                        session.extend_embeddings(tail[None].to(self.model.dtype), positions, tags)
+                    plan.close(session)
             context = session.snapshot()
             answers = []
             for question, (_, suffix) in zip(questions, prompts, strict=True):

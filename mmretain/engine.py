@@ -195,8 +195,7 @@ class RetentionRun:
 
     @contextmanager
     def media_stream(self) -> Iterator[None]:
-        """Forwards inside continue the current turn: a video chunk's own text (Qwen3-VL's
-        frame timestamps) must not take the protection from the prompt around the video."""
+        """Forwards inside continue the current turn (the chunks of one video)."""
         self._media_stream = True
         try:
             yield
