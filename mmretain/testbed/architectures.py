@@ -58,6 +58,21 @@ def _text_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
     return {"eos_token_id": ids(IM_END), "pad_token_id": ids(PAD), "bos_token_id": None}
 
 
+def _text_config(tokenizer: PreTrainedTokenizerFast, size: Size, rope: dict) -> dict[str, Any]:
+    """The language model's config: widths from ``size``, the tokenizer's vocabulary and ids."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": size.hidden,
+        "intermediate_size": 4 * size.hidden,
+        "num_hidden_layers": size.layers,
+        "num_attention_heads": size.heads,
+        "num_key_value_heads": size.kv_heads,
+        "max_position_embeddings": 32768,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, **rope},
+        **_text_ids(tokenizer),
+    }
+
+
 def qwen2vl(tokenizer: PreTrainedTokenizerFast, size: Size) -> tuple[torch.nn.Module, Any]:
     """Qwen2-VL: 14-pixel patches, 2 x 2 merge, two frames per temporal patch, M-RoPE."""
     ids = tokenizer.convert_tokens_to_ids
@@ -66,21 +81,7 @@ def qwen2vl(tokenizer: PreTrainedTokenizerFast, size: Size) -> tuple[torch.nn.Mo
     pairs = head_dim // 2
     section = [pairs // 4, pairs * 3 // 8, pairs - pairs // 4 - pairs * 3 // 8]
     config = Qwen2VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": size.hidden,
-            "intermediate_size": 4 * size.hidden,
-            "num_hidden_layers": size.layers,
-            "num_attention_heads": size.heads,
-            "num_key_value_heads": size.kv_heads,
-            "max_position_embeddings": 32768,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 1e4,
-                "mrope_section": section,
-            },
-            **_text_ids(tokenizer),
-        },
+        text_config=_text_config(tokenizer, size, {"mrope_section": section}),
         vision_config={
             "depth": size.vision_layers,
             "embed_dim": size.vision_width,
@@ -119,18 +120,7 @@ def llava_onevision(tokenizer: PreTrainedTokenizerFast, size: Size) -> tuple[tor
     # Allow every tile of the largest grid (AnyRes would otherwise shrink big images' grids).
     aspect = f"anyres_max_{(tiles[-1][0] // FRAME) ** 2}"
     config = LlavaOnevisionConfig(
-        text_config={
-            "model_type": "qwen2",
-            "vocab_size": len(tokenizer),
-            "hidden_size": size.hidden,
-            "intermediate_size": 4 * size.hidden,
-            "num_hidden_layers": size.layers,
-            "num_attention_heads": size.heads,
-            "num_key_value_heads": size.kv_heads,
-            "max_position_embeddings": 32768,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e4},
-            **_text_ids(tokenizer),
-        },
+        text_config={"model_type": "qwen2", **_text_config(tokenizer, size, {})},
         vision_config={
             "model_type": "siglip_vision_model",
             "hidden_size": size.vision_width,
