@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .suites import Sample, make_sample
+from .suites import Sample, samples
 from .tokenizer import IM_END, IM_START
 
 IGNORE = -100
@@ -94,10 +94,7 @@ class TrainingBatches:
         while True:
             name = names[int(rng.choice(len(names), p=weights / weights.sum()))]
             size = self.config.batch[name]
-            batch = [
-                make_sample(name, drawn[name] + i, split="train", seed=self.seed)
-                for i in range(size)
-            ]
+            batch = list(samples(name, size, drawn[name], split="train", seed=self.seed))
             drawn[name] += size
             inputs = encode(self.processor, batch, training=True)
             inputs["target_mask"] = (inputs.pop("labels") != IGNORE).long()

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from .architectures import build
 from .batching import answer_accuracy, encode
 from .scoring import accuracy
-from .suites import SUITES, make_sample, samples
+from .suites import SUITES, samples
 
 
 @dataclass
@@ -155,10 +155,9 @@ def train(config: TrainConfig, out: str | Path, minutes: float | None = None) ->
         name = names[int(rng.choice(len(names), p=weights / weights.sum()))]
         length = ladders[name].length(rng)
         size = config.batch[name]
-        batch = [
-            make_sample(name, drawn[name] + i, split="train", seed=config.seed, length=length)
-            for i in range(size)
-        ]
+        batch = list(
+            samples(name, size, drawn[name], split="train", seed=config.seed, length=length)
+        )
         drawn[name] += size
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)

@@ -73,9 +73,10 @@ def make_sample(
     return sample
 
 
-def samples(suite: str, count: int, **kwargs) -> Iterator[Sample]:
-    """``count`` consecutive samples of ``suite`` (same keyword arguments as ``make_sample``)."""
-    for index in range(count):
+def samples(suite: str, count: int, start: int = 0, **kwargs) -> Iterator[Sample]:
+    """``count`` consecutive samples of ``suite`` from index ``start`` (same keyword arguments
+    as ``make_sample``)."""
+    for index in range(start, start + count):
         yield make_sample(suite, index, **kwargs)
 
 
