@@ -7,12 +7,12 @@ import json
 import resource
 import sys
 import tempfile
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from .errors import MMRetainError, UsageError
+from .command import run_command
+from .errors import UsageError
 
 DEFAULT_MODEL = "testbed"
 DELEGATED_HELP = {
@@ -240,28 +240,13 @@ def chat(args) -> None:
         )
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"mmretain: warning: {message}", file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED_HELP:
         return _delegated(argv[0])(argv[1:])
     args = build_parser().parse_args(argv)
-    from transformers.utils import logging
-
-    # The command reports its own progress; loading bars and warnings would bury it.
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    warnings.showwarning = _one_line_warning
-    try:
-        {"video-qa": video_qa, "chat": chat}[args.command](args)
-    except (MMRetainError, ValueError, OSError) as error:
-        # One line, no traceback: the message says what was wrong and how to fix it.
-        print(f"mmretain: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    command = {"video-qa": video_qa, "chat": chat}[args.command]
+    return run_command("mmretain", lambda: command(args))
 
 
 if __name__ == "__main__":

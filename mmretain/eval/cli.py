@@ -11,12 +11,11 @@ per task (``--tasks docvqa=/data/DocVQA``).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..cli import DEFAULT_MODEL
-from ..errors import MMRetainError
+from ..command import run_command
 from .cells import RunSettings, cells
 from .runner import Locations, evaluate
 from .tasks import SUITES, select_tasks
@@ -128,14 +127,4 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from transformers.utils import logging
-
-    # The bars report progress; loading bars and warnings would bury them.
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        run(args)
-    except (MMRetainError, ValueError, OSError) as error:
-        print(f"mmretain eval: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("mmretain eval", lambda: run(args))

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-from ..errors import MMRetainError
+from ..command import USER_ERRORS, run_command
 from .data import BatchDirectory, testbed_batches
 from .train import train_gates
 
@@ -78,25 +78,25 @@ def training_data(data: str, model: str) -> Iterable[dict[str, torch.Tensor]]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    return run_command(PROG, lambda: train(args, argv), (*USER_ERRORS, ImportError))
+
+
+def train(args: argparse.Namespace, argv: list[str]) -> None:
     start = time.perf_counter()
-    try:
-        batches = training_data(args.data, args.model)
-        train_gates(
-            load_model(args.model),
-            batches,
-            budget=args.budget,
-            tied=args.tied,
-            steps=args.steps,
-            out=args.out,
-            lr=args.lr,
-            checkpoint_every=args.checkpoint_every,
-            resume=args.resume,
-            width=args.width,
-            seed=args.seed,
-        )
-    except (MMRetainError, OSError, ImportError, ValueError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    batches = training_data(args.data, args.model)  # bad data fails before the model loads
+    train_gates(
+        load_model(args.model),
+        batches,
+        budget=args.budget,
+        tied=args.tied,
+        steps=args.steps,
+        out=args.out,
+        lr=args.lr,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        width=args.width,
+        seed=args.seed,
+    )
     # How the gates were made, for the reports that use them.
     record = {
         "command": shlex.join([*PROG.split(), *argv]),

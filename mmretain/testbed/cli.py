@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import MMRetainError
+from ..command import run_command
 from .suites import SUITES
 
 
@@ -121,9 +120,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmretain.testbed", description=__doc__)
     _add_commands(parser.add_subparsers(dest="testbed_command", required=True))
     args = parser.parse_args(argv)
-    try:
-        run(args)
-    except (MMRetainError, ValueError, OSError) as error:
-        print(f"mmretain testbed: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("mmretain testbed", lambda: run(args))

@@ -1,0 +1,40 @@
+"""How every `mmretain` command runs: its own progress bars only, and a user error as one line.
+
+A user error (bad input, a missing file, a model that cannot be used) prints
+``PROG: error: MESSAGE`` on stderr and exits with code 2, with no traceback; the message says
+what was wrong and how to fix it. Warnings print as one line too.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
+
+from .errors import MMRetainError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (MMRetainError, ValueError, OSError)
+
+
+def run_command(
+    prog: str, action: Callable[[], object], errors: tuple[type[BaseException], ...] = USER_ERRORS
+) -> int:
+    """Run ``action`` and return the exit code: 0, or 2 after one line for ``errors``."""
+    from transformers.utils import logging
+
+    # The command reports its own progress; loading bars and warnings would bury it.
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{prog}: warning: {message}", file=sys.stderr)
+
+    shown, warnings.showwarning = warnings.showwarning, one_line_warning
+    try:
+        action()
+    except errors as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        warnings.showwarning = shown
+    return 0
