@@ -18,10 +18,9 @@ import platform
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-
 from mmretain.eval import CellResult, RunSettings, cells, evaluate, select_tasks
 from mmretain.eval.cells import FULL
+from mmretain.eval.records import CellFiles
 from mmretain.testbed import SUITES, model_path
 
 HERE = Path(__file__).parent
@@ -48,8 +47,8 @@ SETTINGS = RunSettings(model="testbed", max_new_tokens=1, sink=0, recent=0, chun
 def training_prompt_tokens(out: Path) -> int:
     """Tokens of a training-length needle prompt, read from the full cache's rows."""
     task = select_tasks("testbed", ["video-needle"])[0]  # the training length comes first
-    rows = (out / "rows" / task.name / f"{FULL}.jsonl").read_text().splitlines()
-    return max(sum(json.loads(row)["tokens_seen"].values()) for row in rows)
+    rows = CellFiles(out / "rows" / task.name, FULL).rows()
+    return max(sum(row["tokens_seen"].values()) for row in rows)
 
 
 def table(results: list[CellResult], suite: str) -> list[str]:
@@ -154,7 +153,7 @@ def main() -> None:
         f"Produced by `python eval/gates_testbed.py --limit {args.limit}`; rows, report and "
         f"plot in `{args.out.relative_to(HERE.parent)}`. Answering took "
         f"{sum(r.seconds * (r.samples + r.errors) for r in results):.0f} s in all "
-        f"(torch threads: {torch.get_num_threads()}, {platform.machine()}).",
+        f"on {platform.machine()} CPU cores.",
         "",
         'Model: the shipped test-bed model (`mmretain.load("testbed")`, Qwen2-VL '
         "architecture). Cells: accuracy (%) on held-out samples, then the KV bytes held as a "
