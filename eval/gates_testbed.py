@@ -1,13 +1,14 @@
-"""Learned retention gates against the heuristics on the test-bed: writes eval/gates_testbed.md.
+"""Learned retention gates against the heuristics on the test-bed: writes eval/gates_<model>.md.
 
-    python eval/gates_testbed.py [--limit 40] [--out eval/results/testbed]
+    python eval/gates_testbed.py [--model testbed|testbed-llava] [--limit 40]
 
-Runs (or resumes) the test-bed suite on the shipped test-bed model, whose gates ship beside it,
+Runs (or resumes) the test-bed suite on a shipped test-bed model, whose gates ship beside it,
 for every policy at 5, 10, 25 and 50% of the prompt, plus the full cache. On the long videos it
 also runs `global` (and SnapKV for reference) at a token budget equal to the length of a
-training-length prompt. The rows land in the same folder as ``mmretain eval --suite testbed``,
-so that command's report and plot cover these cells too. Then one table per test-bed suite, and
-the issue's goals checked against the numbers, met or not.
+training-length prompt. The rows land in ``eval/results/<model>`` in the layout of
+``mmretain eval --suite testbed --out eval/results/<model>``, so that command's report and plot
+cover these cells too. Then one table per test-bed suite, and the goals checked against the
+numbers, met or not.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 import platform
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from mmretain.eval import CellResult, RunSettings, cells, evaluate, select_tasks
@@ -42,6 +44,7 @@ NOTES = {
 # a time with eviction after each, so an image or an earlier turn is compressed before the
 # question arrives (as a video is, chunk by chunk); one token is the whole one-word answer.
 SETTINGS = RunSettings(model="testbed", max_new_tokens=1, sink=0, recent=0, chunk_tokens=32)
+ARCHITECTURES = {"testbed": "Qwen2-VL", "testbed-llava": "LLaVA-OneVision"}
 
 
 def training_prompt_tokens(out: Path) -> int:
@@ -130,38 +133,40 @@ def goals(results: list[CellResult], train_budget: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=list(ARCHITECTURES), default="testbed")
     parser.add_argument("--limit", type=int, default=40, help="samples per task")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "testbed")
-    parser.add_argument("--report", type=Path, default=HERE / "gates_testbed.md")
     args = parser.parse_args()
+    settings = replace(SETTINGS, model=args.model)
+    out = HERE / "results" / args.model
+    report = HERE / f"gates_{args.model.replace('-', '_')}.md"
 
-    model_path(SETTINGS.model)  # fails now, with the fix, if the checkpoint is missing
+    model_path(settings.model)  # fails now, with the fix, if the checkpoint is missing
     tasks = select_tasks("testbed")
-    grid = cells(POLICIES + GATED, BUDGETS, SETTINGS)
-    evaluate(args.out, tasks, grid, SETTINGS, limit=args.limit, pictures=1)
-    train_budget = training_prompt_tokens(args.out)
+    grid = cells(POLICIES + GATED, BUDGETS, settings)
+    evaluate(out, tasks, grid, settings, limit=args.limit, pictures=1)
+    train_budget = training_prompt_tokens(out)
     long_videos = [t for t in tasks if SUITES[t.generator].is_video and t.length > 32]
-    extra = cells([FULL, "snapkv", "global"], [str(train_budget)], SETTINGS)
-    results = evaluate(args.out, long_videos, extra, SETTINGS, limit=args.limit, pictures=0)
+    extra = cells([FULL, "snapkv", "global"], [str(train_budget)], settings)
+    results = evaluate(out, long_videos, extra, settings, limit=args.limit, pictures=0)
     made = [
-        json.loads((model_path(SETTINGS.model) / folder / "training.json").read_text())
+        json.loads((model_path(settings.model) / folder / "training.json").read_text())
         for folder in ("retention_gates", "retention_gates_untied")
     ]
     lines = [
         "# Learned retention gates on the test-bed",
         "",
-        f"Produced by `python eval/gates_testbed.py --limit {args.limit}`; rows, report and "
-        f"plot in `{args.out.relative_to(HERE.parent)}`. Answering took "
+        f"Produced by `python eval/gates_testbed.py --model {args.model} --limit {args.limit}`; "
+        f"rows, report and plot in `{out.relative_to(HERE.parent)}`. Answering took "
         f"{sum(r.seconds * (r.samples + r.errors) for r in results):.0f} s in all "
         f"on {platform.machine()} CPU cores.",
         "",
-        'Model: the shipped test-bed model (`mmretain.load("testbed")`, Qwen2-VL '
-        "architecture). Cells: accuracy (%) on held-out samples, then the KV bytes held as a "
-        "percentage of the full cache. Protections: `sink=0`, `recent=0`; the question stays "
-        "protected. Budgets are fractions of the tokens seen. Prompts are prefilled 32 tokens "
-        "at a time, evicting after each (`chunk_tokens=32`; a video 16 frames at a time), so "
-        "what was dropped before the question arrived is gone when it is answered; one new "
-        "token (every answer is one word).",
+        f'Model: the shipped test-bed model (`mmretain.load("{args.model}")`, '
+        f"{ARCHITECTURES[args.model]} architecture). Cells: accuracy (%) on held-out samples, "
+        "then the KV bytes held as a percentage of the full cache. Protections: `sink=0`, "
+        "`recent=0`; the question stays protected. Budgets are fractions of the tokens seen. "
+        "Prompts are prefilled 32 tokens at a time, evicting after each (`chunk_tokens=32`; a "
+        "video 16 frames at a time), so what was dropped before the question arrived is gone "
+        "when it is answered; one new token (every answer is one word).",
         "",
         "Gates, trained on this machine: "
         + "; ".join(f"`{m['command']}` ({m['seconds']} s)" for m in made)
@@ -172,8 +177,8 @@ def main() -> None:
     ]
     for suite in SUITES:
         lines += [f"## {suite}", "", *NOTES.get(suite, []), *table(results, suite)]
-    args.report.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.report}")
+    report.write_text("\n".join(lines) + "\n")
+    print(f"wrote {report}")
 
 
 if __name__ == "__main__":
