@@ -236,6 +236,10 @@ class RetainedVLM:
                                 total,
                                 video.sampled_fps,
                             )
+                            # The whole prompt's length is known now: the budget of a fraction
+                            # is taken of it from the first chunk on.
+                            longest = max(len(suffix) for _, suffix in prompts)
+                            session.cache.expect(plan.positions.shape[-1] + longest)
                         positions, tags = plan.take(embeddings.shape[0], done)
                         session.extend_embeddings(embeddings[None], positions, tags)
                     done += len(frames)

@@ -16,7 +16,7 @@ import torch
 
 BudgetKind = Literal["tokens", "fraction", "bytes"]
 
-_ACCEPTED = 'give tokens (1024), a fraction of the tokens seen (0.1) or bytes ("512MiB")'
+_ACCEPTED = 'give tokens (1024), a fraction of the prompt (0.1) or bytes ("512MiB")'
 
 _UNITS = {
     "b": 1,
@@ -44,7 +44,7 @@ def _floor(x: float) -> int:
 
 @dataclass(frozen=True)
 class Budget:
-    """How much of the KV cache may be kept: a token count, a fraction of tokens seen, or bytes."""
+    """How much of the KV cache may be kept: a token count, a fraction of the prompt, or bytes."""
 
     kind: BudgetKind
     value: float
@@ -63,7 +63,7 @@ class Budget:
 
     @classmethod
     def parse(cls, value: Budget | int | float | str) -> Budget:
-        """Read ``1024`` (tokens), ``0.1`` (fraction of tokens seen) or ``"512MiB"`` (bytes).
+        """Read ``1024`` (tokens), ``0.1`` (fraction of the prompt) or ``"512MiB"`` (bytes).
 
         Strings holding a bare number are read like the number itself, so command-line values
         work unchanged.
@@ -117,14 +117,15 @@ class Budget:
             raise _bad("must be > 0", text)
         return cls("bytes", size)
 
-    def entries(self, tokens_seen: int, n_layers: int, n_heads: int, bytes_per_entry: int) -> int:
-        """Number of (layer, head, position) entries this budget allows."""
+    def entries(self, tokens: int, n_layers: int, n_heads: int, bytes_per_entry: int) -> int:
+        """Number of (layer, head, position) entries this budget allows when a fraction is
+        taken of ``tokens``."""
         per_position = n_layers * n_heads
         if self.kind == "tokens":
             return int(self.value) * per_position
         if self.kind == "fraction":
             # Every layer and head keeps at least one position, or attention has nothing to read.
-            return max(_floor(self.value * tokens_seen), 1) * per_position
+            return max(_floor(self.value * tokens), 1) * per_position
         if bytes_per_entry <= 0:
             raise ValueError(f"bytes_per_entry must be > 0, got {bytes_per_entry}")
         return _floor(self.value / bytes_per_entry)
@@ -133,7 +134,7 @@ class Budget:
         if self.kind == "tokens":
             return f"{int(self.value)} tokens"
         if self.kind == "fraction":
-            return f"{self.value:g} of the tokens seen ({self.value * 100:g}%)"
+            return f"{self.value:g} of the prompt ({self.value * 100:g}%)"
         size, step = self.value, 0
         while size >= 1024 and step < len(_IEC_STEPS) - 1:
             size /= 1024

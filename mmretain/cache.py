@@ -224,6 +224,8 @@ class RetentionCache(Cache):
         self.incoming: Incoming | None = None
         self.peak_bytes = 0
         self.evictions = 0
+        # Length the prompt being prefilled will reach, known before its first chunk goes in.
+        self.prompt_tokens = 0
         self._seen_by_modality = torch.zeros(len(Modality), dtype=torch.long)
 
     # -- what the engine tells the cache -------------------------------------------------------
@@ -242,6 +244,11 @@ class RetentionCache(Cache):
             inc = Incoming(modality, torch.ones(b, q, dtype=torch.bool))
         prior = None if inc.prior is None else inc.prior.to(device, _STATE_DTYPE)
         return Incoming(inc.modality.to(device), inc.valid.to(device), prior)
+
+    def expect(self, tokens: int) -> None:
+        """The prompt now being prefilled reaches ``tokens`` tokens in all (a fraction budget
+        is taken of it)."""
+        self.prompt_tokens = max(self.prompt_tokens, tokens)
 
     def note_growth(self) -> None:
         self.peak_bytes = max(self.peak_bytes, self.nbytes())
@@ -313,6 +320,7 @@ class RetentionCache(Cache):
         self.incoming = None
         self.peak_bytes = 0
         self.evictions = 0
+        self.prompt_tokens = 0
         self._seen_by_modality.zero_()
 
     @property

@@ -43,7 +43,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--budget",
         default="0.1",
-        help="KV budget: tokens (1024), a fraction of tokens seen (0.1) or bytes (512MiB)",
+        help="KV budget: tokens (1024), a fraction of the prompt (0.1) or bytes (512MiB)",
     )
     parser.add_argument(
         "--allocation",

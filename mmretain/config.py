@@ -15,8 +15,9 @@ class RetentionConfig:
 
     Args:
         policy: a registered policy name (``mmretain.policies.POLICIES``) or an instance.
-        budget: tokens (1024: the memory of a 1024-token full cache), a fraction of the tokens
-            seen (0.1) or bytes ("512MiB").
+        budget: tokens (1024: the memory of a 1024-token full cache), a fraction of the prompt
+            (0.1: of the prompt being prefilled, whole, from its first chunk on; of all the
+            tokens seen once generation goes past it) or bytes ("512MiB").
         allocation: "global" (one ranking over every layer, head and position), "layer"
             (an equal share per layer) or "uniform" (an equal share per layer and head);
             default: the policy's preferred one (global for all but trimkv).

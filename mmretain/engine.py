@@ -166,6 +166,7 @@ class RetentionRun:
             tokens = kwargs["input_ids"] if tokens is None else tokens
             b, n = tokens.shape[:2]
             seen = cache.get_seq_length()
+            cache.expect(seen + n)
             tags = self._take_tags(b, n, seen)
             valid = self._valid(kwargs.get("attention_mask"), b, n)
             starts_turn = n > 1 and not self._media_stream
@@ -280,10 +281,16 @@ class RetentionRun:
 
     # -- eviction ------------------------------------------------------------------------------
     def capacity(self, cache: RetentionCache) -> int:
-        """Entries each batch row may keep under the budget."""
+        """Entries each batch row may keep under the budget.
+
+        A fraction is taken of the whole prompt being prefilled (or of the tokens seen, once
+        there are more), so the first chunks of a long prompt get the budget the prompt will
+        have, not a fraction of the few tokens that came before them.
+        """
         batch = cache.initialized_layers[0].keys_by_head[0].shape[0]
+        tokens = max(cache.get_seq_length(), cache.prompt_tokens)
         entries = self.config.parsed_budget.entries(
-            cache.get_seq_length(), self.n_layers, self.n_heads, cache.bytes_per_entry()
+            tokens, self.n_layers, self.n_heads, cache.bytes_per_entry()
         )
         return entries // batch if self.config.parsed_budget.kind == "bytes" else entries
 

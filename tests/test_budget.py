@@ -123,7 +123,7 @@ def test_entries_of_a_byte_budget_divide_by_the_entry_size():
     ("given_value", "text"),
     [
         (1024, "1024 tokens"),
-        (0.1, "0.1 of the tokens seen (10%)"),
+        (0.1, "0.1 of the prompt (10%)"),
         ("512MiB", "512 MiB"),
         ("1.5GiB", "1.5 GiB"),
         ("100B", "100 B"),

@@ -84,6 +84,20 @@ def test_chunked_prefill_peaks_at_budget_plus_chunk(llama):
     assert run.stats.bytes_full_cache > 5 * run.stats.peak_bytes_held
 
 
+def test_a_fraction_is_of_the_whole_prompt_from_its_first_chunk(llama):
+    ids = llama.text(200)[None]
+    kept = []
+    with mmretain.retain(
+        llama.model, policy="tova", budget=0.1, chunk_tokens=10, sink=0, recent=0
+    ) as run:
+        evict = run.evict
+        run.evict = lambda cache, capacity: kept.append(capacity) or evict(cache, capacity)
+        llama.model(ids)
+    # 10% of the 200-token prompt (20 tokens in every slot) from the first chunk on; the first
+    # two chunks fit in it, so the first eviction comes with the third.
+    assert kept == [20 * run.n_layers * run.n_heads] * 18
+
+
 def test_decoding_never_exceeds_budget_plus_buffer(llama):
     budget, buffer = 20, 5
     seen_entries = []

@@ -92,6 +92,19 @@ def test_peak_kv_is_set_by_budget_not_video_length(checkpoint, tmp_path):
     assert peaks[1] == peaks[0]
 
 
+def test_a_fraction_is_of_the_whole_video_from_the_first_chunk(checkpoint, video_file):
+    vlm = load(checkpoint, policy="tova", budget=0.25, sink=0, recent=0, protect_turn=False)
+    reports = []
+    (answer,) = vlm.answer_video(
+        video_file, QUESTIONS[0], fps=4, chunk_frames=4, max_new_tokens=1, progress=reports.append
+    )
+    slots = answer.stats.slots
+    # The prompt's length is known when the first chunk arrives: the budget is a quarter of all
+    # of it then already, not a quarter of the few tokens seen so far.
+    assert {r.entries_budget for r in reports} == {int(0.25 * answer.stats.tokens_seen) * slots}
+    assert reports[0].tokens_seen < answer.stats.tokens_seen / 2
+
+
 def test_cli_video_qa_json(checkpoint, video_file, capsys):
     code = cli.main(
         [
