@@ -230,7 +230,7 @@ def main() -> None:
         "--policies", default="full,streaming,knorm,snapkv,h2o", help="policies, comma list"
     )
     parser.add_argument(
-        "--budgets", default="256,1024,0.1", help="tokens (int) or fraction of tokens seen (float)"
+        "--budgets", default="256,1024,0.1", help="tokens (int) or fraction of the prompt (float)"
     )
     parser.add_argument(
         "--skip",
