@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--budgets",
         default="0.05,0.1,0.25",
-        help="comma-separated KV budgets: fractions of tokens seen, token counts or byte sizes; "
+        help="comma-separated KV budgets: fractions of the prompt, token counts or byte sizes; "
         "the full cache ignores them",
     )
     parser.add_argument(
