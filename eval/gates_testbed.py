@@ -163,11 +163,11 @@ def main() -> None:
         f'Model: the shipped test-bed model (`mmretain.load("{args.model}")`, '
         f"{ARCHITECTURES[args.model]} architecture). Cells: accuracy (%) on held-out samples, "
         "then the KV bytes held as a percentage of the full cache. Protections: `sink=0`, "
-        "`recent=0`; the question stays protected. Budgets are fractions of the prompt, a "
-        "fixed number of entries from the prompt's first chunk on. Prompts are prefilled 32 "
-        "tokens at a time, evicting after each (`chunk_tokens=32`; a video 16 frames at a "
-        "time), so what was dropped before the question arrived is gone when it is answered; "
-        "one new token (every answer is one word).",
+        "`recent=0`; the question stays protected. Budgets are fractions of the prompt, "
+        "fixed from each prefill's first chunk on (a dialogue's grows turn by turn). Prompts "
+        "are prefilled 32 tokens at a time, evicting after each (`chunk_tokens=32`; a video 16 "
+        "frames at a time), so what was dropped before the question arrived is gone when it is "
+        "answered; one new token (every answer is one word).",
         "",
         "Gates, trained on this machine: "
         + "; ".join(f"`{m['command']}` ({m['seconds']} s)" for m in made)

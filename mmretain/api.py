@@ -222,6 +222,10 @@ class RetainedVLM:
                         self.processor, frames, indices, video.info.fps, total
                     )
                     if prompt is not None:
+                        if not done:  # chunks are sized alike: about this many tokens each
+                            chunks = math.ceil(total / len(frames))
+                            per_chunk = prompt["input_ids"].shape[-1]
+                            session.cache.expect(len(session.layout) + chunks * per_chunk)
                         session.extend(prompt)
                     else:
                         chunk = adapter.process_video_chunk(self.processor, frames)
@@ -236,10 +240,10 @@ class RetainedVLM:
                                 total,
                                 video.sampled_fps,
                             )
-                            # The whole prompt's length is known now: the budget of a fraction
-                            # is taken of it from the first chunk on.
-                            longest = max(len(suffix) for _, suffix in prompts)
-                            session.cache.expect(plan.positions.shape[-1] + longest)
+                            # The video's length is known now: the budget of a fraction is
+                            # taken of all of it from the first chunk on (each question's own
+                            # tokens join when it is asked).
+                            session.cache.expect(plan.positions.shape[-1])
                         positions, tags = plan.take(embeddings.shape[0], done)
                         session.extend_embeddings(embeddings[None], positions, tags)
                     done += len(frames)
@@ -252,6 +256,10 @@ class RetainedVLM:
                         positions, tags = plan.take(tail.shape[0], done)
                         session.extend_embeddings(tail[None].to(self.model.dtype), positions, tags)
                     plan.close(session)
+                # A file cut short (or Qwen3-VL's estimate from its first chunk) leaves the
+                # video another length than expected: the budget follows what was streamed.
+                session.cache.prompt_tokens = session.cache.get_seq_length()
+                self.run.maybe_evict(session.cache, decoding=False)
             context = session.snapshot()
             answers = []
             for question, (_, suffix) in zip(questions, prompts, strict=True):

@@ -4,6 +4,7 @@ resuming after kill -9, sharding, and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -308,3 +309,17 @@ def test_a_conversation_is_fed_turn_by_turn(tmp_path, monkeypatch):
     assert [roles.count("user") for roles in seen] == [1, 2, 3]
     assert seen[0] == ["user"] and seen[-1][-1] == "user"
     assert "error" not in rows_of(tmp_path / "out", "dialogue", "snapkv@0.5")[0]
+
+
+def test_a_folder_whose_fractions_meant_tokens_seen_is_not_resumed(tmp_path):
+    from mmretain.errors import RunMismatchError
+    from mmretain.eval.runner import check_settings
+
+    settings = RunSettings(model="testbed")
+    older = {k: v for k, v in dataclasses.asdict(settings).items() if k != "fraction_of"}
+    (tmp_path / "run.json").write_text(json.dumps({"settings": older}))
+    with pytest.raises(RunMismatchError, match="fraction_of: None there, 'prompt' now"):
+        check_settings(tmp_path, settings, Shard())
+    check_settings(tmp_path / "new", settings, Shard())  # a new folder records it
+    recorded = json.loads((tmp_path / "new" / "run.json").read_text())["settings"]
+    assert recorded["fraction_of"] == "prompt"

@@ -84,3 +84,25 @@ def test_chunk_timestamps_do_not_start_a_turn(tmp_path):
     )
     assert kept_after_chunks == [True] * 4
     assert vlm.run.prompts == 2  # the text before the video and the text after it: no chunk
+
+
+def test_a_fraction_is_of_the_whole_video_from_the_first_chunk(tmp_path):
+    """Chunks go in as prompts, so the video's length is estimated from the first one; it is
+    exact here, where every timestamp is one token."""
+    timestamps = [f"<{tenths / 10:.1f}" for tenths in range(50)]
+    checkpoint = write_family("qwen3_vl", tmp_path / "qwen3_vl", timestamps)
+    vlm = load(checkpoint, policy="tova", budget=0.25, sink=0, recent=0, protect_turn=False)
+    rng = np.random.default_rng(3)
+    path = tmp_path / "clip.mp4"
+    media.write_video(
+        path, (rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(8)), 2
+    )
+    reports = []
+    [answer] = vlm.answer_video(
+        path, QUESTION, fps=2, chunk_frames=2, max_new_tokens=1, progress=reports.append
+    )
+    suffix = len(vlm._video_prompt(QUESTION, question_first=False)[1])
+    slots = answer.stats.slots
+    video_prompt = answer.stats.tokens_seen - suffix
+    assert [r.entries_budget for r in reports] == [int(0.25 * video_prompt) * slots] * 4
+    assert answer.stats.entries_kept == int(0.25 * answer.stats.tokens_seen) * slots

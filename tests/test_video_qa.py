@@ -95,14 +95,36 @@ def test_peak_kv_is_set_by_budget_not_video_length(checkpoint, tmp_path):
 def test_a_fraction_is_of_the_whole_video_from_the_first_chunk(checkpoint, video_file):
     vlm = load(checkpoint, policy="tova", budget=0.25, sink=0, recent=0, protect_turn=False)
     reports = []
-    (answer,) = vlm.answer_video(
-        video_file, QUESTIONS[0], fps=4, chunk_frames=4, max_new_tokens=1, progress=reports.append
+    answers = vlm.answer_video(
+        video_file, QUESTIONS, fps=4, chunk_frames=4, max_new_tokens=1, progress=reports.append
     )
-    slots = answer.stats.slots
-    # The prompt's length is known when the first chunk arrives: the budget is a quarter of all
+    suffixes = [len(vlm._video_prompt(q, question_first=False)[1]) for q in QUESTIONS]
+    assert suffixes[0] != suffixes[1]
+    slots = answers[0].stats.slots
+    video_prompt = answers[0].stats.tokens_seen - suffixes[0]
+    # The video's length is known when the first chunk arrives: the budget is a quarter of all
     # of it then already, not a quarter of the few tokens seen so far.
-    assert {r.entries_budget for r in reports} == {int(0.25 * answer.stats.tokens_seen) * slots}
-    assert reports[0].tokens_seen < answer.stats.tokens_seen / 2
+    assert {r.entries_budget for r in reports} == {int(0.25 * video_prompt) * slots}
+    assert reports[0].tokens_seen < video_prompt / 2
+    # Each answer keeps a quarter of its own prompt, whatever the other questions are.
+    for answer, suffix in zip(answers, suffixes, strict=True):
+        assert answer.stats.tokens_seen == video_prompt + suffix
+        assert answer.stats.entries_kept == int(0.25 * answer.stats.tokens_seen) * slots
+
+
+def test_a_fraction_follows_the_frames_streamed_when_a_file_is_cut_short(checkpoint, tmp_path):
+    rng = np.random.default_rng(3)
+    whole = tmp_path / "whole.mp4"
+    media.write_video(
+        whole, (rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for _ in range(64)), 8
+    )
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    vlm = load(checkpoint, policy="tova", budget=0.1, sink=0, recent=0, protect_turn=False)
+    with pytest.warns(UserWarning):
+        (answer,) = vlm.answer_video(cut, QUESTIONS[0], fps=8, chunk_frames=4, max_new_tokens=1)
+    assert 0 < answer.frames < 64
+    assert answer.stats.entries_kept == int(0.1 * answer.stats.tokens_seen) * answer.stats.slots
 
 
 def test_cli_video_qa_json(checkpoint, video_file, capsys):

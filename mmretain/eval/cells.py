@@ -31,6 +31,10 @@ class RunSettings:
     # from what the budget kept, not from a prefill that saw everything.
     chunk_tokens: int | None = None
     dtype: str | None = None
+    # What a fraction budget is taken of. Recorded so that rows made when it meant the tokens
+    # seen so far (folders without this field) are not resumed into a run where it means the
+    # whole prompt.
+    fraction_of: str = "prompt"
 
     @property
     def media(self) -> MediaSettings:
