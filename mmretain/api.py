@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +188,25 @@ class RetainedVLM:
         cut = ids.index(video_token)
         return ids[:cut], ids[cut + 1 :]
 
+    def _encoded_chunks(
+        self, video: media.Video, chunk_frames: int, total: int
+    ) -> Iterator[_EncodedChunk]:
+        """Each chunk of ``video`` as the model takes it: a prompt (Qwen3-VL) or embeddings."""
+        adapter = self.run.adapter
+        done = 0
+        for frames in video.chunks(chunk_frames):
+            indices = video.indices[done : done + len(frames)]
+            done += len(frames)
+            prompt = adapter.video_chunk_prompt(
+                self.processor, frames, indices, video.info.fps, total
+            )
+            if prompt is not None:
+                yield _EncodedChunk(len(frames), prompt=prompt)
+            else:
+                chunk = adapter.process_video_chunk(self.processor, frames)
+                embeddings = adapter.video_chunk_embeddings(chunk)
+                yield _EncodedChunk(len(frames), chunk=chunk, embeddings=embeddings)
+
     def _video_progress(self, session: Session, done: int, total: int) -> VideoProgress:
         stats = session.cache.stats
         budget = self.run.capacity(session.cache) if session.cache.initialized_layers else 0
@@ -210,43 +230,28 @@ class RetainedVLM:
         chunk_frames = adapter.round_chunk_frames(chunk_frames)
         with self._hooked():
             session.activate()
+            encoded = self._encoded_chunks(video, chunk_frames, total)
+            first = next(encoded, None)
+            # The video's length is known from its first chunk: a fraction budget is taken of
+            # the text before it and all of the video from the start (each question's own
+            # tokens join when it is asked).
+            if first is not None:
+                session.cache.expect(len(prefix) + _video_tokens(adapter, first, total))
             session.extend({"input_ids": torch.tensor([prefix])})
             # The video is one turn's content: text a chunk brings (Qwen3-VL's timestamps)
             # must not take the protection from the prompt around it.
             with self.run.media_stream():
                 plan: _VideoPlan | None = None
                 done = 0
-                for frames in video.chunks(chunk_frames):
-                    indices = video.indices[done : done + len(frames)]
-                    prompt = adapter.video_chunk_prompt(
-                        self.processor, frames, indices, video.info.fps, total
-                    )
-                    if prompt is not None:
-                        if not done:  # chunks are sized alike: about this many tokens each
-                            chunks = math.ceil(total / len(frames))
-                            per_chunk = prompt["input_ids"].shape[-1]
-                            session.cache.expect(len(session.layout) + chunks * per_chunk)
-                        session.extend(prompt)
+                for item in itertools.chain([] if first is None else [first], encoded):
+                    if item.prompt is not None:
+                        session.extend(item.prompt)
                     else:
-                        chunk = adapter.process_video_chunk(self.processor, frames)
-                        embeddings = adapter.video_chunk_embeddings(chunk)
                         if plan is None:
-                            plan = _VideoPlan.make(
-                                adapter,
-                                session,
-                                chunk,
-                                embeddings,
-                                len(frames),
-                                total,
-                                video.sampled_fps,
-                            )
-                            # The video's length is known now: the budget of a fraction is
-                            # taken of all of it from the first chunk on (each question's own
-                            # tokens join when it is asked).
-                            session.cache.expect(plan.positions.shape[-1])
-                        positions, tags = plan.take(embeddings.shape[0], done)
-                        session.extend_embeddings(embeddings[None], positions, tags)
-                    done += len(frames)
+                            plan = _VideoPlan.make(adapter, session, item, total, video.sampled_fps)
+                        positions, tags = plan.take(item.embeddings.shape[0], done)
+                        session.extend_embeddings(item.embeddings[None], positions, tags)
+                    done += item.frames
                     if progress is not None:
                         progress(self._video_progress(session, done, total))
                 # Chunks that went in as prompt tokens kept the session's layout themselves.
@@ -281,6 +286,28 @@ class RetainedVLM:
 
 
 @dataclass
+class _EncodedChunk:
+    """One chunk of a streamed video, ready for the model: a prompt, or a chunk's embeddings."""
+
+    frames: int
+    prompt: dict[str, torch.Tensor] | None = None
+    chunk: Any = None
+    embeddings: torch.Tensor | None = None
+
+
+def _video_tokens(adapter, first: _EncodedChunk, total_frames: int) -> int:
+    """Tokens the whole video will bring, from its first chunk (for prompt chunks, an estimate:
+    chunks are sized alike, but their timestamps may differ in length)."""
+    if first.prompt is not None:
+        return math.ceil(total_frames / first.frames) * first.prompt["input_ids"].shape[-1]
+    grid = adapter.planned_video_grid(first.chunk, total_frames)
+    if grid is not None:
+        return int(grid.prod()) // adapter.merge_area
+    per_frame = first.embeddings.shape[0] / first.frames
+    return math.ceil(per_frame * total_frames) + adapter.video_tail_embeddings().shape[0]
+
+
+@dataclass
 class _VideoPlan:
     """Where each video token goes: positions from the whole planned video, sliced per chunk."""
 
@@ -295,22 +322,12 @@ class _VideoPlan:
 
     @classmethod
     def make(
-        cls,
-        adapter,
-        session: Session,
-        chunk,
-        embeddings,
-        frames: int,
-        total_frames: int,
-        sampled_fps: float,
+        cls, adapter, session: Session, first: _EncodedChunk, total_frames: int, sampled_fps: float
     ):
+        chunk, embeddings, frames = first.chunk, first.embeddings, first.frames
         per_frame = embeddings.shape[0] / frames
         grid = adapter.planned_video_grid(chunk, total_frames)
-        count = (
-            int(grid.prod()) // adapter.merge_area
-            if grid is not None
-            else math.ceil(per_frame * total_frames) + adapter.video_tail_embeddings().shape[0]
-        )
+        count = _video_tokens(adapter, first, total_frames)
         seconds = adapter.seconds_per_grid(sampled_fps)
         layout = Layout(
             [*session.layout.token_types, torch.full((count,), VIDEO_TYPE)],

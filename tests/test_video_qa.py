@@ -112,6 +112,20 @@ def test_a_fraction_is_of_the_whole_video_from_the_first_chunk(checkpoint, video
         assert answer.stats.entries_kept == int(0.25 * answer.stats.tokens_seen) * slots
 
 
+def test_the_text_before_a_video_gets_the_budget_of_the_whole_prompt(checkpoint, video_file):
+    vlm = load(checkpoint, policy="tova", budget=0.25, sink=0, recent=0, protect_turn=False)
+    capacities = []
+    evict = vlm.run.evict
+    vlm.run.evict = lambda cache, capacity: capacities.append(capacity) or evict(cache, capacity)
+    (answer,) = vlm.answer_video(
+        video_file, QUESTIONS[0], fps=4, chunk_frames=4, max_new_tokens=1, question_first=True
+    )
+    suffix = len(vlm._video_prompt(QUESTIONS[0], question_first=True)[1])
+    video_prompt = answer.stats.tokens_seen - suffix
+    # The question before the video is not cut to a quarter of itself before the video arrives.
+    assert set(capacities[:-1]) == {int(0.25 * video_prompt) * answer.stats.slots}
+
+
 def test_a_fraction_follows_the_frames_streamed_when_a_file_is_cut_short(checkpoint, tmp_path):
     rng = np.random.default_rng(3)
     whole = tmp_path / "whole.mp4"
