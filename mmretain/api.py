@@ -235,8 +235,8 @@ class RetainedVLM:
             # The video's length is known from its first chunk: a fraction budget is taken of
             # the text before it and all of the video from the start (each question's own
             # tokens join when it is asked).
-            if first is not None:
-                session.cache.expect(len(prefix) + _video_tokens(adapter, first, total))
+            video_tokens = 0 if first is None else _video_tokens(adapter, first, total)
+            session.cache.expect(len(prefix) + video_tokens)
             session.extend({"input_ids": torch.tensor([prefix])})
             # The video is one turn's content: text a chunk brings (Qwen3-VL's timestamps)
             # must not take the protection from the prompt around it.
@@ -248,7 +248,9 @@ class RetainedVLM:
                         session.extend(item.prompt)
                     else:
                         if plan is None:
-                            plan = _VideoPlan.make(adapter, session, item, total, video.sampled_fps)
+                            plan = _VideoPlan.make(
+                                adapter, session, item, video_tokens, total, video.sampled_fps
+                            )
                         positions, tags = plan.take(item.embeddings.shape[0], done)
                         session.extend_embeddings(item.embeddings[None], positions, tags)
                     done += item.frames
@@ -322,12 +324,19 @@ class _VideoPlan:
 
     @classmethod
     def make(
-        cls, adapter, session: Session, first: _EncodedChunk, total_frames: int, sampled_fps: float
+        cls,
+        adapter,
+        session: Session,
+        first: _EncodedChunk,
+        count: int,
+        total_frames: int,
+        sampled_fps: float,
     ):
+        """The plan of a video of ``total_frames`` frames and ``count`` tokens, from its first
+        encoded chunk."""
         chunk, embeddings, frames = first.chunk, first.embeddings, first.frames
         per_frame = embeddings.shape[0] / frames
         grid = adapter.planned_video_grid(chunk, total_frames)
-        count = _video_tokens(adapter, first, total_frames)
         seconds = adapter.seconds_per_grid(sampled_fps)
         layout = Layout(
             [*session.layout.token_types, torch.full((count,), VIDEO_TYPE)],
