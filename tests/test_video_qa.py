@@ -45,6 +45,18 @@ def first_logits(monkeypatch):
     return seen
 
 
+def cut_video(tmp_path, *, frames: int, kept: float, seed: int):
+    """An 8 fps random-noise mp4 of ``frames`` frames with only the first ``kept`` of its bytes."""
+    rng = np.random.default_rng(seed)
+    whole = tmp_path / "whole.mp4"
+    media.write_video(
+        whole, (rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for _ in range(frames)), 8
+    )
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * kept)])
+    return cut
+
+
 def one_shot_logits(vlm, video_file, question):
     frames = np.concatenate(list(media.Video(video_file, fps=4).chunks(1000)))
     messages = [
@@ -127,13 +139,7 @@ def test_the_text_before_a_video_gets_the_budget_of_the_whole_prompt(checkpoint,
 
 
 def test_a_fraction_follows_the_frames_streamed_when_a_file_is_cut_short(checkpoint, tmp_path):
-    rng = np.random.default_rng(3)
-    whole = tmp_path / "whole.mp4"
-    media.write_video(
-        whole, (rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for _ in range(64)), 8
-    )
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    cut = cut_video(tmp_path, frames=64, kept=1 / 3, seed=3)
     vlm = load(checkpoint, policy="tova", budget=0.1, sink=0, recent=0, protect_turn=False)
     with pytest.warns(UserWarning):
         (answer,) = vlm.answer_video(cut, QUESTIONS[0], fps=8, chunk_frames=4, max_new_tokens=1)
@@ -268,13 +274,7 @@ def test_cli_zero_frame_video_exits_2(checkpoint, tmp_path, capsys):
 def test_cli_truncated_video_answers_from_decoded_frames_with_a_warning(
     checkpoint, tmp_path, capsys
 ):
-    rng = np.random.default_rng(2)
-    whole = tmp_path / "whole.mp4"
-    media.write_video(
-        whole, (rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for _ in range(40)), 8
-    )
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    cut = cut_video(tmp_path, frames=40, kept=1 / 2, seed=2)
     code = cli.main(
         [
             "video-qa",
