@@ -23,7 +23,7 @@ from pathlib import Path
 from mmretain.eval import CellResult, RunSettings, cells, evaluate, select_tasks
 from mmretain.eval.cells import FULL
 from mmretain.eval.records import CellFiles
-from mmretain.testbed import SUITES, model_path
+from mmretain.testbed import MODELS, SUITES, model_path
 
 HERE = Path(__file__).parent
 POLICIES = ["full", "random", "streaming", "knorm", "snapkv", "h2o", "tova", "fastv"]
@@ -33,9 +33,9 @@ HEURISTICS = POLICIES[1:]
 NOTES = {
     "dialogue": [
         "The conversation arrives turn by turn, each earlier turn answered (and evicted from)",
-        "before the next. The latest turn's text, about 22% of the tokens, stays protected, so at",
-        "5 to 25% the cache holds that turn alone and every policy guesses; 50% is where the",
-        "policies differ.",
+        "before the next. The latest turn's text, about a fifth of the tokens, stays protected,",
+        "so at 5 to 25% the cache holds that turn alone and every policy guesses; 50% is where",
+        "the policies differ.",
         "",
     ]
 }
@@ -44,7 +44,6 @@ NOTES = {
 # a time with eviction after each, so an image or an earlier turn is compressed before the
 # question arrives (as a video is, chunk by chunk); one token is the whole one-word answer.
 SETTINGS = RunSettings(model="testbed", max_new_tokens=1, sink=0, recent=0, chunk_tokens=32)
-ARCHITECTURES = {"testbed": "Qwen2-VL", "testbed-llava": "LLaVA-OneVision"}
 
 
 def training_prompt_tokens(out: Path) -> int:
@@ -133,7 +132,7 @@ def goals(results: list[CellResult], train_budget: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=list(ARCHITECTURES), default="testbed")
+    parser.add_argument("--model", choices=list(MODELS), default="testbed")
     parser.add_argument("--limit", type=int, default=40, help="samples per task")
     args = parser.parse_args()
     settings = replace(SETTINGS, model=args.model)
@@ -148,10 +147,12 @@ def main() -> None:
     long_videos = [t for t in tasks if SUITES[t.generator].is_video and t.length > 32]
     extra = cells([FULL, "snapkv", "global"], [str(train_budget)], settings)
     results = evaluate(out, long_videos, extra, settings, limit=args.limit, pictures=0)
+    home = model_path(settings.model)
     made = [
-        json.loads((model_path(settings.model) / folder / "training.json").read_text())
+        json.loads((home / folder / "training.json").read_text())
         for folder in ("retention_gates", "retention_gates_untied")
     ]
+    (architecture,) = json.loads((home / "config.json").read_text())["architectures"]
     lines = [
         "# Learned retention gates on the test-bed",
         "",
@@ -161,7 +162,7 @@ def main() -> None:
         f"on {platform.machine()} CPU cores.",
         "",
         f'Model: the shipped test-bed model (`mmretain.load("{args.model}")`, '
-        f"{ARCHITECTURES[args.model]} architecture). Cells: accuracy (%) on held-out samples, "
+        f"`{architecture}`). Cells: accuracy (%) on held-out samples, "
         "then the KV bytes held as a percentage of the full cache. Protections: `sink=0`, "
         "`recent=0`; the question stays protected. Budgets are fractions of the prompt, "
         "fixed from each prefill's first chunk on (a dialogue's grows turn by turn). Prompts "
