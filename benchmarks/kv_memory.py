@@ -5,7 +5,7 @@ For every (context length, policy, budget) the script runs one row in a fresh ch
 alone. The child builds the same seeded random-weight ``LlamaForCausalLM`` (float32), draws a
 prompt of random token ids and, inside ``mmretain.retain()``:
 
-- prefill: one forward call on the whole prompt with ``past_key_values=run.new_cache()`` and
+- prefill: one forward call on the whole prompt with ``**cache_kwargs(run.new_cache())`` and
   ``logits_to_keep=1``; mmretain splits it into ``--chunk-tokens`` chunks and evicts after each.
   The wall time of that call is "prefill s".
 - decode: a manual greedy loop of ``--decode-tokens`` single-token forward calls reusing that
@@ -27,6 +27,8 @@ import resource
 import subprocess
 import sys
 import time
+
+from mmretain.compat import cache_kwargs
 
 MIB = 1024 * 1024
 COLUMNS = (
@@ -65,7 +67,7 @@ def build_model(seed: int):
 def greedy_decode(model, token, cache, steps: int) -> None:
     """``steps`` single-token forward calls, each feeding the previous argmax."""
     for _ in range(steps):
-        out = model(input_ids=token, past_key_values=cache, use_cache=True)
+        out = model(input_ids=token, **cache_kwargs(cache), use_cache=True)
         token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
 
 
@@ -91,12 +93,12 @@ def run_one(args: argparse.Namespace) -> dict:
     )
     with torch.inference_mode(), mmretain.retain(model, config) as run:
         warm = prompt[:, :512]  # long enough for a 0.1 budget to cover sink + recent
-        out = model(input_ids=warm, past_key_values=run.new_cache(), logits_to_keep=1)
+        out = model(input_ids=warm, **cache_kwargs(run.new_cache()), logits_to_keep=1)
         greedy_decode(model, out.logits[:, -1].argmax(dim=-1, keepdim=True), run.cache, 2)
 
         cache = run.new_cache()
         start = time.perf_counter()
-        out = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=prompt, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
         prefill_s = time.perf_counter() - start
 
         token = out.logits[:, -1].argmax(dim=-1, keepdim=True)

@@ -109,14 +109,13 @@ class RetainedVLM:
             inputs.update(self.processor.image_processor(images=new_images, return_tensors="pt"))
         session = self._chat
         with self._hooked():
-            session.activate()
             logits = session.extend(inputs)
             tokens = session.generate(logits, max_new_tokens, self._eos_ids())
         self._chat_ids = ids + tokens[:-1]
         self._chat_images = len(images)
         return Answer(
             self._decode(tokens),
-            self.run.stats,
+            session.cache.stats,
             tokens=tokens,
             seconds=time.perf_counter() - start,
         )
@@ -229,7 +228,6 @@ class RetainedVLM:
         total = len(video.indices)
         chunk_frames = adapter.round_chunk_frames(chunk_frames)
         with self._hooked():
-            session.activate()
             encoded = self._encoded_chunks(video, chunk_frames, total)
             first = next(encoded, None)
             # The video's length is known from its first chunk: a fraction budget is taken of
@@ -240,7 +238,7 @@ class RetainedVLM:
             session.extend({"input_ids": torch.tensor([prefix])})
             # The video is one turn's content: text a chunk brings (Qwen3-VL's timestamps)
             # must not take the protection from the prompt around it.
-            with self.run.media_stream():
+            with session.cache.media_stream():
                 plan: _VideoPlan | None = None
                 done = 0
                 for item in itertools.chain([] if first is None else [first], encoded):
@@ -271,7 +269,6 @@ class RetainedVLM:
             answers = []
             for question, (_, suffix) in zip(questions, prompts, strict=True):
                 asking = context.snapshot()
-                asking.activate()
                 logits = asking.extend({"input_ids": torch.tensor([suffix])})
                 tokens = asking.generate(logits, max_new_tokens, self._eos_ids())
                 answers.append(

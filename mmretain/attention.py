@@ -1,9 +1,10 @@
 """The attention function that reads `RetentionCache`'s ragged per-head storage.
 
 It is registered with transformers under ``ATTENTION_NAME`` and set on the text model only while
-a run is active. Each KV head attends over its own entries with SDPA; the causal mask comes
-from each entry's original position, so evicted entries are simply absent and later tokens
-keep the positions they would have had without eviction.
+a run is active. It reads the cache the model was given for this call (handed over by the run's
+pre-hook on each attention module), never any other. Each KV head attends over its own entries
+with SDPA; the causal mask comes from each entry's original position, so evicted entries are
+simply absent and later tokens keep the positions they would have had without eviction.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from .cache import EMPTY
+from .cache import EMPTY, RetentionCache
 from .errors import RetentionStateError
 
 ATTENTION_NAME = "mmretain"
 RUN_KWARG = "mmretain_run"
+CACHE_KWARG = "mmretain_cache"
 HIDDEN_KWARG = "mmretain_hidden"
 # Query rows per SDPA call: bounds the [rows, entries] mask and logits of a long prefill.
 QUERY_BLOCK = 1024
@@ -46,12 +48,18 @@ def retention_attention(
             f"the {ATTENTION_NAME!r} attention implementation runs only inside mmretain.retain(); "
             "restore the model's attention with model.set_attn_implementation('sdpa')"
         )
-    layer = run.cache.layers[module.layer_idx]
+    cache = kwargs.get(CACHE_KWARG)
+    if not isinstance(cache, RetentionCache) or not cache.layers[module.layer_idx].is_initialized:
+        raise RetentionStateError(
+            "the decoder ran without the RetentionCache it needs under mmretain.retain(); "
+            "call the whole model (or its language model) with cache=run.new_cache() or none"
+        )
+    layer = cache.layers[module.layer_idx]
     _, n_query_heads, q, _ = query.shape
     n_kv = len(layer.keys_by_head)
     group = n_query_heads // n_kv
     query_positions = torch.arange(layer.seen - q, layer.seen, device=query.device)
-    run.on_new_entries(module.layer_idx, kwargs.get(HIDDEN_KWARG), key)
+    run.on_new_entries(layer, module.layer_idx, kwargs.get(HIDDEN_KWARG), key)
     outputs = []
     for h in range(n_kv):
         keys = layer.keys_by_head[h][:, None]
@@ -73,7 +81,7 @@ def retention_attention(
                 )
             )
         outputs.append(torch.cat(blocks, dim=2))
-    run.on_attention(module.layer_idx, query, query_positions, scaling)
+    run.on_attention(layer, module.layer_idx, query, query_positions, scaling)
     return torch.cat(outputs, dim=1).transpose(1, 2).contiguous(), None
 
 

@@ -5,18 +5,26 @@ entries and an evicted entry's memory is released, not hidden behind a mask. Nex
 the cache keeps its original sequence position, its modality code and one float of policy state
 (the policy decides what that float means: accumulated attention, a gate's log-retention, ...).
 
+The cache also holds everything else the sequence's future depends on: each layer's window of
+recent queries, the span of the current turn, where each batch row starts, the prompt length a
+fraction budget is taken of. So a copy of the cache (``copy.deepcopy``) is a complete branch:
+two copies evolve independently whatever is asked of either.
+
 The cache stores; it never decides what to evict (see `mmretain.budget.allocate`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .errors import RetentionStateError
-from .tags import Modality
+from .tags import Modality, TokenTags
 
 EMPTY = -1  # position of a slot that holds no entry (batch padding, prompt padding)
 _POSITION_DTYPE = torch.int32
@@ -87,6 +95,11 @@ class RetentionLayer(DynamicLayer):
         self.state: list[torch.Tensor] = []
         self.modality: list[torch.Tensor] = []
         self.new_tokens = 0  # length of the latest update, so the attention function finds them
+        # The latest post-RoPE queries [b, heads, W, d] and their positions [W], for policies
+        # that score with an observation window (SnapKV); and the layer's attention scale.
+        self.window: torch.Tensor | None = None
+        self.window_positions: torch.Tensor | None = None
+        self.scaling = 1.0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -102,7 +115,7 @@ class RetentionLayer(DynamicLayer):
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.owner.attached:
+        if not self.owner.hooked:
             raise RetentionStateError(
                 "RetentionCache was used outside mmretain.retain(...): its ragged storage needs "
                 "the mmretain attention function; run the model inside "
@@ -187,6 +200,8 @@ class RetentionLayer(DynamicLayer):
     def reset(self) -> None:
         self.seen = 0
         self.new_tokens = 0
+        self.window = self.window_positions = None
+        self.scaling = 1.0
         self.keys_by_head, self.values_by_head = [], []
         self.positions, self.state, self.modality = [], [], []
         self.is_initialized = False
@@ -212,23 +227,57 @@ class RetentionLayer(DynamicLayer):
 class RetentionCache(Cache):
     """A `Cache` for `generate` and plain forward calls whose entries can be evicted per head.
 
-    Build it with the number of decoder layers; layers fill in lazily at their first update.
-    ``incoming`` describes the tokens of the next forward (set by the engine); without it, new
-    tokens count as valid text (or generated, once the cache is not empty).
+    Build it with the number of decoder layers (or get one from ``run.new_cache()``); layers
+    fill in lazily at their first update. ``incoming`` describes the tokens of the next forward
+    (set by the engine); without it, new tokens count as valid text (or generated, once the
+    cache is not empty).
     """
 
     def __init__(self, num_layers: int):
         super().__init__(layers=[])
         self.layers = [RetentionLayer(self) for _ in range(num_layers)]
-        self.attached = False
+        # True only while a retention run's hooks drive a forward over this cache.
+        self.hooked = False
         self.incoming: Incoming | None = None
         self.peak_bytes = 0
         self.evictions = 0
         # Length the prompt being prefilled will reach, known before its first chunk goes in.
         self.prompt_tokens = 0
         self._seen_by_modality = torch.zeros(len(Modality), dtype=torch.long)
+        # Per-sequence state the engine keeps here, so that a copy of the cache is a branch.
+        self.turn = (0, 0)  # [start, end) of the latest prompt: its text is protected
+        self.prompts = 0  # prompts (turns) prefilled so far
+        self.row_start = torch.zeros(1, dtype=torch.long)  # first non-padding token per row
+        self.pending_tags: TokenTags | None = None  # tags of the next forward's tokens
+        self.streaming_media = False  # forwards continue the current turn (a video's chunks)
+        # The call in flight: the chunks of a long prompt still to prefill, and whether it
+        # decodes one token (eviction then waits for the buffer to fill).
+        self.pending_chunks: list[Any] = []
+        self.decoding = False
 
     # -- what the engine tells the cache -------------------------------------------------------
+    def expect_tags(self, tags: TokenTags) -> None:
+        """Tags of the next forward's tokens, for calls that bring embeddings, not ids."""
+        self.pending_tags = tags
+
+    def take_tags(self, b: int, n: int) -> TokenTags:
+        """The tags announced for a forward of ``n`` tokens per row; text (or generated) else."""
+        tags, self.pending_tags = self.pending_tags, None
+        if tags is not None and tuple(tags.shape) == (b, n):
+            return tags
+        generated = self.get_seq_length() and n == 1
+        return TokenTags.text(b, n, Modality.GENERATED if generated else Modality.TEXT)
+
+    @contextmanager
+    def media_stream(self) -> Iterator[None]:
+        """Forwards inside continue the current turn (the chunks of one video): text they bring
+        (timestamps) does not take the turn's protection from the prompt around them."""
+        self.streaming_media = True
+        try:
+            yield
+        finally:
+            self.streaming_media = False
+
     def set_incoming(
         self, modality: torch.Tensor, valid: torch.Tensor, prior: torch.Tensor | None = None
     ) -> None:
@@ -322,6 +371,10 @@ class RetentionCache(Cache):
         self.evictions = 0
         self.prompt_tokens = 0
         self._seen_by_modality.zero_()
+        self.turn, self.prompts = (0, 0), 0
+        self.row_start = torch.zeros(1, dtype=torch.long)
+        self.pending_tags = None
+        self.streaming_media = False
 
     @property
     def is_compileable(self) -> bool:

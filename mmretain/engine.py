@@ -1,18 +1,25 @@
 """Hooks in and out, chunked prefill, and the eviction schedule.
 
-`retain(model, config)` wraps a stock transformers model for the duration of a ``with`` block:
+`retain(model, config)` runs a stock transformers model under a KV budget for the duration of a
+``with`` block, through the model's public extension points only:
 
 - the text model's attention implementation becomes mmretain's (see `mmretain.attention`);
-- a pre-hook on each attention module hands it the run and the layer's gate input;
-- a pre-hook on the model tags the prompt's tokens through the family's adapter;
-- the decoder's forward is wrapped to prefill in chunks and evict after each chunk or step;
-- ``generate`` is wrapped to start each call on a fresh `RetentionCache`.
+- a forward pre-hook on each attention module hands the attention function the run, the cache
+  the model was given and the layer's gate input;
+- a forward pre-hook on the model gives each call a `RetentionCache` when it brings none and
+  tags the prompt's tokens through the family's adapter;
+- a forward pre-hook and an always-called forward hook on the decoder prefill in chunks and
+  evict after each chunk or step;
+- ``generate`` is wrapped (composing with whatever wrapper is already there, accelerate's
+  included) to start each call on a fresh cache and to let the tags see its media inputs.
 
-Everything is undone on exit, on every path.
+All per-sequence state lives on the cache, so one run serves any number of caches (branches of
+one context, turns of a conversation). Everything is undone on exit, on every path.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,19 +27,28 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import compat
 from .adapters import adapter_for
-from .attention import ATTENTION_NAME, HIDDEN_KWARG, RUN_KWARG
+from .attention import ATTENTION_NAME, CACHE_KWARG, HIDDEN_KWARG, RUN_KWARG
 from .budget import allocate
-from .cache import EMPTY, RetentionCache, RetentionStats
+from .cache import EMPTY, RetentionCache, RetentionLayer, RetentionStats
 from .config import RetentionConfig
 from .errors import RetentionStateError
 from .policies.base import LayerView, attention_probs
 from .tags import Modality, TokenTags
 from .vision_saliency import VISION_ATTENTION_NAME
 
+# Models a run is installed on: a second run on the same model would stack hooks.
+_ACTIVE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+_MISSING = object()
+
 
 class RetentionRun:
-    """The state of one `retain` block: the model's hooks, the current cache and the policy."""
+    """One `retain` block: the model's hooks, the config and the policy.
+
+    The run holds no per-sequence state: each forward reads and writes only the cache it is
+    given. ``cache`` is the latest cache a forward used, kept for ``stats``.
+    """
 
     def __init__(self, model: nn.Module, config: RetentionConfig):
         self.model = model
@@ -41,34 +57,37 @@ class RetentionRun:
         self.adapter = adapter_for(model)
         self.n_layers = self.adapter.num_layers
         self.n_heads = self.adapter.num_kv_heads
-        self.prompts = 0
         self._handles: list[Any] = []
-        self._patched: list[tuple[object, str]] = []
+        self._wrapped: list[tuple[object, str, Any]] = []
         self._saved_attention: str | None = None
         self._saved_vision_attention: str | None = None
         self._vision_tap = None
-        self._pending_tags: TokenTags | None = None
         self._generate_inputs: dict[str, Any] = {}
-        self._turn = (0, 0)
-        self._media_stream = False
-        self._row_start = torch.zeros(1, dtype=torch.long)
-        self._windows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._scaling: dict[int, float] = {}
+        self._in_chunk = False
         self.cache = self.new_cache()
 
     @property
     def stats(self) -> RetentionStats:
+        """Stats of the latest cache a forward used."""
         return self.cache.stats
 
+    @property
+    def installed(self) -> bool:
+        return bool(self._handles)
+
     def new_cache(self) -> RetentionCache:
-        """A fresh cache for this model; the run tracks the latest one it saw."""
-        self.cache = RetentionCache(self.n_layers)
-        self.cache.attached = self._handles != []
-        self._windows.clear()
-        return self.cache
+        """A fresh, empty cache for this model: pass it as the model's cache to carry a
+        conversation across ``generate`` calls."""
+        return RetentionCache(self.n_layers)
 
     # -- hooks in and out ----------------------------------------------------------------------
     def install(self) -> None:
+        if self.model in _ACTIVE or self.adapter.attention_implementation() == ATTENTION_NAME:
+            raise RetentionStateError(
+                f"mmretain.retain() is already active on this {type(self.model).__name__}; "
+                "leave the first `with` block before entering another on the same model"
+            )
+        _ACTIVE.add(self.model)
         try:
             self._saved_attention = self.adapter.attention_implementation()
             self.adapter.set_attention_implementation(ATTENTION_NAME)
@@ -80,12 +99,18 @@ class RetentionRun:
                 self.model.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True)
             )
             decoder = self.adapter.decoder
-            self._patch(decoder, "forward", self._chunked_forward(decoder.forward))
-            self._patch(self.model, "generate", self._fresh_cache_generate(self.model.generate))
+            self._handles.append(
+                decoder.register_forward_pre_hook(self._decoder_pre_hook, with_kwargs=True)
+            )
+            self._handles.append(
+                decoder.register_forward_hook(
+                    self._decoder_hook, with_kwargs=True, always_call=True
+                )
+            )
+            self._wrap(self.model, "generate", self._fresh_cache_generate)
             if self.policy.uses_vision_saliency:
                 self._open_vision_tap()
             self.policy.bind(self.model)
-            self.cache.attached = True
         except BaseException:
             self.remove()
             raise
@@ -112,37 +137,57 @@ class RetentionRun:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for obj, attribute in reversed(self._patched):
-            delattr(obj, attribute)  # drops the instance attribute; the class method shows again
-        self._patched.clear()
+        for obj, attribute, previous in reversed(self._wrapped):
+            if previous is _MISSING:
+                delattr(obj, attribute)  # the class's method shows again
+            else:
+                setattr(obj, attribute, previous)  # another library's wrapper, as it was
+        self._wrapped.clear()
         if self._saved_attention is not None:
             self.adapter.set_attention_implementation(self._saved_attention)
             self._saved_attention = None
-        self.cache.attached = False
+        self.cache.hooked = False
+        _ACTIVE.discard(self.model)
 
-    def _patch(self, obj: object, attribute: str, replacement: Callable) -> None:
-        if attribute in vars(obj):
-            raise RuntimeError(f"{type(obj).__name__}.{attribute} is already wrapped")
-        setattr(obj, attribute, replacement)
-        self._patched.append((obj, attribute))
+    def _wrap(self, obj: object, attribute: str, make: Callable[[Callable], Callable]) -> None:
+        """Replace ``obj.attribute`` by ``make(current)``; whatever was there comes back on
+        `remove`, so this composes with wrappers other libraries put on the instance."""
+        previous = vars(obj).get(attribute, _MISSING)
+        setattr(obj, attribute, make(getattr(obj, attribute)))
+        self._wrapped.append((obj, attribute, previous))
+
+    def _cache_for(self, given: Any) -> RetentionCache:
+        """The cache a call runs on: the one given, or a fresh one when it brings none."""
+        if given is None:
+            given = self.new_cache()
+        if not isinstance(given, RetentionCache):
+            raise RetentionStateError(
+                f"inside mmretain.retain() the model needs a RetentionCache, got "
+                f"{type(given).__name__}; pass cache=run.new_cache(), or no cache for a fresh one"
+            )
+        self.cache = given
+        return given
 
     def _attention_pre_hook(self, module, args, kwargs):
         kwargs[RUN_KWARG] = self
+        kwargs[CACHE_KWARG] = compat.cache_in(kwargs)
         kwargs[HIDDEN_KWARG] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         return args, kwargs
 
     def _model_pre_hook(self, module, args, kwargs):
+        cache = self._cache_for(compat.cache_in(kwargs))
+        compat.with_cache(kwargs, cache)
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is not None and input_ids.shape[1] > 1:
             # generate may encode media itself and pass only the encoder outputs to forward;
             # the media's grid sizes are then among generate's own inputs.
-            self._pending_tags = self.adapter.tags(input_ids, {**self._generate_inputs, **kwargs})
+            inputs = {**self._generate_inputs, **kwargs}
+            cache.expect_tags(self.adapter.tags(input_ids, inputs))
         return args, kwargs
 
     def _fresh_cache_generate(self, generate: Callable) -> Callable:
         def fresh_cache_generate(*args, **kwargs):
-            if kwargs.get("past_key_values") is None:
-                kwargs["past_key_values"] = self.new_cache()
+            compat.with_cache(kwargs, self._cache_for(compat.cache_in(kwargs)))
             self._generate_inputs = kwargs
             try:
                 return generate(*args, **kwargs)
@@ -152,66 +197,74 @@ class RetentionRun:
         return fresh_cache_generate
 
     # -- prefill in chunks, evict after each ---------------------------------------------------
-    def _chunked_forward(self, forward: Callable) -> Callable:
-        def chunked_forward(*args, **kwargs):
-            if args:
-                kwargs["input_ids"] = args[0]
-            cache = kwargs.get("past_key_values")
-            if not isinstance(cache, RetentionCache):
-                cache = self.cache
-                kwargs["past_key_values"] = cache
-            self.cache = cache
-            cache.attached = True
-            tokens = kwargs.get("inputs_embeds")
-            tokens = kwargs["input_ids"] if tokens is None else tokens
-            b, n = tokens.shape[:2]
-            seen = cache.get_seq_length()
-            cache.expect(seen + n)
-            tags = self._take_tags(b, n, seen)
-            valid = self._valid(kwargs.get("attention_mask"), b, n)
-            starts_turn = n > 1 and not self._media_stream
-            if starts_turn and bool((tags.modality == int(Modality.TEXT)).any()):
-                self.prompts += 1
-                self._turn = (seen, seen + n)
-            if seen == 0:
-                self._row_start = valid.to(torch.int8).argmax(dim=1).cpu()
-            prior = self._vision_prior(tags)
-            chunk = self.config.chunk_tokens or n
-            hidden = []
-            for start in range(0, n, chunk):
-                end = min(n, start + chunk)
-                cache.set_incoming(
-                    tags.modality[:, start:end],
-                    valid[:, start:end],
-                    None if prior is None else prior[:, start:end],
-                )
-                out = forward(**_slice_inputs(kwargs, start, end, n))
-                hidden.append(out.last_hidden_state)
-                self.maybe_evict(cache, decoding=n == 1)
-            if len(hidden) > 1:
-                out.last_hidden_state = torch.cat(hidden, dim=1)
-            return out
+    def _decoder_pre_hook(self, module, args, kwargs):
+        """Tag and admit the call's tokens; a long prompt goes in as its first chunk, the
+        decoder hook runs the others."""
+        if self._in_chunk:
+            return None  # one of the decoder hook's own chunks, prepared already
+        if args:
+            kwargs["input_ids"], args = args[0], args[1:]
+        cache = self._cache_for(compat.cache_in(kwargs))
+        compat.with_cache(kwargs, cache)
+        cache.hooked = True
+        tokens = kwargs.get("inputs_embeds")
+        tokens = kwargs["input_ids"] if tokens is None else tokens
+        b, n = tokens.shape[:2]
+        seen = cache.get_seq_length()
+        cache.expect(seen + n)
+        tags = cache.take_tags(b, n)
+        valid = self._valid(kwargs.get("attention_mask"), b, n)
+        if (
+            n > 1
+            and not cache.streaming_media
+            and bool((tags.modality == int(Modality.TEXT)).any())
+        ):
+            cache.prompts += 1
+            cache.turn = (seen, seen + n)
+        if seen == 0:
+            cache.row_start = valid.to(torch.int8).argmax(dim=1).cpu()
+        prior = self._vision_prior(tags)
+        step = self.config.chunk_tokens or n
+        chunks = []
+        for start in range(0, n, step):
+            end = min(n, start + step)
+            incoming = (
+                tags.modality[:, start:end],
+                valid[:, start:end],
+                None if prior is None else prior[:, start:end],
+            )
+            chunks.append((_slice_inputs(kwargs, start, end, n), incoming))
+        cache.pending_chunks = chunks[1:]
+        cache.set_incoming(*chunks[0][1])
+        cache.decoding = n == 1
+        return args, chunks[0][0]
 
-        return chunked_forward
-
-    @contextmanager
-    def media_stream(self) -> Iterator[None]:
-        """Forwards inside continue the current turn (the chunks of one video)."""
-        self._media_stream = True
+    def _decoder_hook(self, module, args, kwargs, output):
+        """Evict after the call's first chunk, then prefill and evict the others."""
+        if self._in_chunk:
+            return None
+        cache = compat.cache_in(kwargs)
+        if not isinstance(cache, RetentionCache):
+            return None  # the pre-hook refused the call
         try:
-            yield
+            if output is None:
+                return None  # the forward raised: the error goes on as it is
+            self.maybe_evict(cache, decoding=cache.decoding)
+            hidden = [output.last_hidden_state]
+            self._in_chunk = True
+            try:
+                for chunk_kwargs, incoming in cache.pending_chunks:
+                    cache.set_incoming(*incoming)
+                    hidden.append(module(*args, **chunk_kwargs).last_hidden_state)
+                    self.maybe_evict(cache, decoding=False)
+            finally:
+                self._in_chunk = False
+            if len(hidden) > 1:
+                output.last_hidden_state = torch.cat(hidden, dim=1)
+            return output
         finally:
-            self._media_stream = False
-
-    def expect_tags(self, tags: TokenTags) -> None:
-        """Tags of the next forward's tokens, for calls that bring embeddings, not ids."""
-        self._pending_tags = tags
-
-    def _take_tags(self, b: int, n: int, seen: int) -> TokenTags:
-        tags, self._pending_tags = self._pending_tags, None
-        if tags is not None and tuple(tags.shape) == (b, n):
-            return tags
-        return TokenTags.text(b, n, Modality.GENERATED if seen and n == 1 else Modality.TEXT)
+            cache.pending_chunks = []
+            cache.hooked = False
 
     def _vision_prior(self, tags: TokenTags) -> torch.Tensor | None:
         """Vision-encoder saliency laid on the prompt's visual positions (images, then videos,
@@ -244,27 +297,32 @@ class RetentionRun:
         return torch.ones(b, n, dtype=torch.bool)
 
     # -- signals for the policy ----------------------------------------------------------------
-    def on_new_entries(self, layer_idx: int, hidden: torch.Tensor | None, keys: torch.Tensor):
+    def on_new_entries(
+        self, layer: RetentionLayer, layer_idx: int, hidden: torch.Tensor | None, keys: torch.Tensor
+    ) -> None:
         state = self.policy.init_state(layer_idx, hidden, keys)
         if state is None:
             return
-        layer = self.cache.layers[layer_idx]
         q = keys.shape[2]
         for h, stored in enumerate(layer.state):
             stored[:, -q:] = state[:, h].to(stored.dtype)
 
     def on_attention(
-        self, layer_idx: int, query: torch.Tensor, query_positions: torch.Tensor, scaling: float
+        self,
+        layer: RetentionLayer,
+        layer_idx: int,
+        query: torch.Tensor,
+        query_positions: torch.Tensor,
+        scaling: float,
     ) -> None:
-        self._scaling[layer_idx] = scaling
-        layer = self.cache.layers[layer_idx]
+        layer.scaling = scaling
         if self.policy.window:
-            window, positions = self._windows.get(layer_idx, (None, None))
+            window, positions = layer.window, layer.window_positions
             if window is None or layer.seen == query.shape[2]:
                 window, positions = query[:, :, :0], query_positions[:0]
             window = torch.cat([window, query.detach()], dim=2)[:, :, -self.policy.window :]
             positions = torch.cat([positions, query_positions])[-self.policy.window :]
-            self._windows[layer_idx] = (window, positions)
+            layer.window, layer.window_positions = window, positions
         if self.policy.accumulates:
             group = query.shape[1] // len(layer.keys_by_head)
             for h, keys in enumerate(layer.keys_by_head):
@@ -316,9 +374,9 @@ class RetentionRun:
                 positions=layer.positions,
                 state=layer.state,
                 modality=layer.modality,
-                window=self._windows.get(i, (None, None))[0],
-                window_positions=self._windows.get(i, (None, None))[1],
-                scaling=self._scaling.get(i, 1.0),
+                window=layer.window,
+                window_positions=layer.window_positions,
+                scaling=layer.scaling,
                 tokens_seen=seen,
             )
             for i, layer in enumerate(layers)
@@ -329,7 +387,7 @@ class RetentionRun:
         keep_rows = []
         for r in range(flat.batch):
             positions = flat.positions[r]
-            protected = self._protected(positions, flat.modality[r], r, seen)
+            protected = self._protected(cache, positions, flat.modality[r], r, seen)
             row_capacity = capacity
             if self.config.parsed_budget.kind == "fraction":
                 # A fraction of a short prefix can be less than the sinks and recent window;
@@ -353,13 +411,18 @@ class RetentionRun:
         cache.keep(flat.unflatten(torch.stack(keep_rows)))
 
     def _protected(
-        self, positions: torch.Tensor, modality: torch.Tensor, row: int, seen: int
+        self,
+        cache: RetentionCache,
+        positions: torch.Tensor,
+        modality: torch.Tensor,
+        row: int,
+        seen: int,
     ) -> torch.Tensor:
         config = self.config
-        start = int(self._row_start[row]) if row < len(self._row_start) else 0
+        start = int(cache.row_start[row]) if row < len(cache.row_start) else 0
         protected = (positions < start + config.sink) | (positions >= seen - config.recent)
         if config.protect_turn:
-            in_turn = (positions >= self._turn[0]) & (positions < self._turn[1])
+            in_turn = (positions >= cache.turn[0]) & (positions < cache.turn[1])
             protected |= in_turn & (modality == int(Modality.TEXT))
         return protected & (positions != EMPTY)
 

@@ -15,6 +15,7 @@ import torch
 
 from .adapters.base import tag_grid
 from .cache import RetentionCache
+from .compat import CACHE_KWARG
 from .engine import RetentionRun
 from .tags import Modality, TokenTags
 
@@ -86,7 +87,7 @@ class Session:
         out = self.model(
             **inputs,
             position_ids=self.adapter.shape_positions(positions[..., -n:]),
-            past_key_values=self.cache,
+            **{CACHE_KWARG: self.cache},
             use_cache=True,
             logits_to_keep=1,
         )
@@ -99,11 +100,11 @@ class Session:
 
         The caller keeps the layout: it alone knows the whole video's planned grid.
         """
-        self.run.expect_tags(tags)
+        self.cache.expect_tags(tags)
         out = self.model(
             inputs_embeds=embeddings,
             position_ids=self.adapter.shape_positions(positions),
-            past_key_values=self.cache,
+            **{CACHE_KWARG: self.cache},
             use_cache=True,
             logits_to_keep=1,
         )
@@ -125,7 +126,7 @@ class Session:
             logits = self.model(
                 input_ids=torch.tensor([[token]]),
                 position_ids=self.adapter.shape_positions(position[None]),
-                past_key_values=self.cache,
+                **{CACHE_KWARG: self.cache},
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1]
@@ -140,11 +141,6 @@ class Session:
         twin.cache = copy.deepcopy(self.cache)
         twin.layout = copy.deepcopy(self.layout)
         return twin
-
-    def activate(self) -> None:
-        """Make this session's cache the run's current one (stats, attention)."""
-        self.run.cache = self.cache
-        self.cache.attached = True
 
 
 def video_tags(count: int, media: int, frame_offset: int, grid_h: int, grid_w: int) -> TokenTags:

@@ -7,6 +7,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import mmretain
+from mmretain.compat import cache_kwargs
 from mmretain.errors import UnknownPolicyError, UnsupportedModelError
 
 
@@ -87,4 +88,4 @@ def test_cache_outside_retain_refuses(llama):
     with mmretain.retain(llama.model, policy="snapkv", budget=64) as run:
         cache = run.new_cache()
     with pytest.raises(mmretain.MMRetainError, match=r"inside `with mmretain\.retain"):
-        llama.model(input_ids=torch.tensor([[5, 6, 7]]), past_key_values=cache)
+        llama.model(input_ids=torch.tensor([[5, 6, 7]]), **cache_kwargs(cache))

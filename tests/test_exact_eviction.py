@@ -12,6 +12,7 @@ import torch
 from transformers import AttentionInterface, DynamicCache
 
 import mmretain
+from mmretain.compat import cache_kwargs
 
 REFERENCE = "mmretain_test_reference"
 _hidden: dict = {}  # per (layer, kv head) bool [positions] of entries the reference must hide
@@ -64,7 +65,7 @@ def replay(tiny, calls, kept_before):
                 hide = torch.ones(seen, dtype=torch.bool)
                 hide[list(positions)] = False
                 _hidden[key] = hide
-            out = tiny.model(**inputs, past_key_values=cache, use_cache=True)
+            out = tiny.model(**inputs, **cache_kwargs(cache), use_cache=True)
             logits.append(out.logits)
             seen += inputs["input_ids"].shape[1]
     finally:
@@ -103,7 +104,7 @@ def test_logits_equal_masked_reference(any_model, policy, allocation):
         cache = run.new_cache()
         for inputs in calls:
             kept_before.append(kept_positions(cache) if cache.initialized_layers else {})
-            logits.append(any_model.model(**inputs, past_key_values=cache, use_cache=True).logits)
+            logits.append(any_model.model(**inputs, **cache_kwargs(cache), use_cache=True).logits)
         assert cache.evictions >= 3
         per_head = [n for layer in run.stats.kept_by_head for n in layer]
     expected = replay(any_model, calls, kept_before)

@@ -10,6 +10,7 @@ from conftest import FACTORIES, TEXT
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import mmretain
+from mmretain.compat import cache_kwargs
 from mmretain.errors import GatesMismatchError, GatesNotFoundError
 from mmretain.gates import BatchDirectory, RetentionGates, capacity, train_gates
 from mmretain.gates.cli import main as train_gates_cli
@@ -319,7 +320,7 @@ def test_eviction_keeps_the_highest_log_beta_times_age(llama, policy, allocation
     )
     with mmretain.retain(model, config) as run, torch.no_grad():
         cache = run.new_cache()
-        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        model(input_ids=ids, **cache_kwargs(cache), use_cache=True)
     assert cache.evictions == 1
     assert kept_positions(cache) == expected
 

@@ -7,6 +7,7 @@ import torch
 from transformers import DynamicCache
 
 import mmretain
+from mmretain.compat import cache_kwargs
 from mmretain.gates import RetentionGates
 from mmretain.policies import POLICIES
 from mmretain.policies.gates import GatedRetention
@@ -64,21 +65,21 @@ def test_two_chat_turns_match_vanilla(vlm, policy):
     turn2_text = vlm.text(6)[None]
 
     def two_turns(cache):
-        first = greedy(vlm.model, turn1, past_key_values=cache)
+        first = greedy(vlm.model, turn1, **cache_kwargs(cache))
         # The image is in the cache already: turn 2 brings only its new tokens' inputs.
         second = {"input_ids": torch.cat([first, turn2_text], dim=1)}
         if "image_grid_thw" in turn1:
             pad = torch.zeros_like(second["input_ids"][:, turn1["input_ids"].shape[1] :])
             second["mm_token_type_ids"] = torch.cat([turn1["mm_token_type_ids"], pad], dim=1)
             second["image_grid_thw"] = turn1["image_grid_thw"]
-        return greedy(vlm.model, second, past_key_values=cache)
+        return greedy(vlm.model, second, **cache_kwargs(cache))
 
     expected = two_turns(DynamicCache(config=vlm.model.config))
     budget = expected.shape[1]
     with mmretain.retain(vlm.model, policy=policy, budget=budget, recent=8) as run:
         got = two_turns(run.new_cache())
     assert torch.equal(got, expected)
-    assert run.prompts == 2
+    assert run.cache.prompts == 2
 
 
 @pytest.mark.parametrize("allocation", ["global", "layer", "uniform"])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import mmretain
+from mmretain.compat import cache_kwargs
 
 
 def test_llava_keeps_tokens_the_cls_query_attends_to_most(vlm):
@@ -23,7 +24,7 @@ def test_llava_keeps_tokens_the_cls_query_attends_to_most(vlm):
     with mmretain.retain(
         vlm.model, policy="visionzip", budget=budget, allocation="uniform", sink=0, recent=0
     ) as run:
-        vlm.model(**inputs, past_key_values=run.new_cache(), use_cache=True)
+        vlm.model(**inputs, **cache_kwargs(run.new_cache()), use_cache=True)
     expected = set((cls_attention.topk(6).indices + 4).tolist())
     for layer in run.cache.layers:
         for positions, modality in zip(layer.positions, layer.modality, strict=True):

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from transformers.models.llava_next.modeling_llava_next import (
+
+from ..compat import (
     get_anyres_image_grid_shape,
     image_size_to_num_patches,
+    pack_image_features,
     unpad_image,
 )
-
 from ..tags import Modality, TokenTags
 from ..vision_saliency import VisionSaliencyTap
 from .base import tag_grid
@@ -147,8 +148,12 @@ class LlavaNextAdapter(LlavaAdapter):
         self, views: torch.Tensor, image_size: list[int], newline: torch.Tensor
     ) -> torch.Tensor:
         """The model's packing of one image's per-view features [views, side * side, d]."""
-        packed, _ = self.model.model.pack_image_features(
-            [views], [image_size], self.model.config.vision_feature_select_strategy, newline
+        packed = pack_image_features(
+            self.model,
+            [views],
+            [image_size],
+            self.model.config.vision_feature_select_strategy,
+            newline,
         )
         return packed[0]
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..compat import pack_image_features
 from ..tags import Modality, TokenTags
 from .base import tag_grid
 from .llava_next import LlavaNextAdapter, tag_media
@@ -98,8 +99,8 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     def pack_features(
         self, views: torch.Tensor, image_size: list[int], newline: torch.Tensor
     ) -> torch.Tensor:
-        packed, _ = self.model.model.pack_image_features(
-            [views], [image_size], newline, self.model.config.vision_aspect_ratio
+        packed = pack_image_features(
+            self.model, [views], [image_size], newline, self.model.config.vision_aspect_ratio
         )
         return packed[0]
 

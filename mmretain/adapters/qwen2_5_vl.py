@@ -16,6 +16,7 @@ import torch
 from transformers.video_utils import VideoMetadata
 from transformers.vision_utils import get_vision_window_index
 
+from ..compat import rope_index
 from ..vision_saliency import VisionSaliencyTap
 from .qwen2_vl import Qwen2VLAdapter
 
@@ -46,14 +47,13 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
             return super().position_ids(token_types, None, None)
         if video_grids is not None and second_per_grid_ts is None:
             second_per_grid_ts = torch.full((len(video_grids),), self.default_seconds_per_grid)
-        positions, _ = self.model.model.get_rope_index(
+        return rope_index(
+            self.model,
             token_types,
-            mm_token_type_ids=token_types,
             image_grid_thw=image_grids,
             video_grid_thw=video_grids,
             second_per_grid_ts=second_per_grid_ts,
         )
-        return positions
 
     def vision_saliency_tap(self) -> VisionSaliencyTap:
         # The last full-attention block: window blocks only compare patches within a window.

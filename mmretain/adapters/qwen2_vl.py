@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..compat import rope_index
 from ..tags import Modality, TokenTags
 from ..vision_saliency import VisionSaliencyTap
 from .base import Adapter, tag_grid
@@ -38,13 +39,12 @@ class Qwen2VLAdapter(Adapter):
         # M-RoPE: the model's own rule, over the whole sequence; callers slice what they feed.
         if image_grids is None and video_grids is None:
             return super().position_ids(token_types, None, None).expand(3, -1, -1)
-        positions, _ = self.model.model.get_rope_index(
+        return rope_index(
+            self.model,
             token_types,
-            mm_token_type_ids=token_types,
             image_grid_thw=image_grids,
             video_grid_thw=video_grids,
         )
-        return positions
 
     def shape_positions(self, positions: torch.Tensor) -> torch.Tensor:
         return positions.expand(3, -1, -1)
