@@ -12,6 +12,8 @@ from .config import RetentionConfig
 from .engine import RetentionRun, retain
 from .errors import MMRetainError, UnknownPolicyError, UnsupportedModelError
 from .policies import POLICIES, RetentionPolicy
+from .session import Generation, Session
+from .streaming import VideoProgress, stream_video
 from .tags import Modality, TokenTags
 
 del _attention
@@ -20,6 +22,7 @@ __all__ = [
     "POLICIES",
     "Answer",
     "Budget",
+    "Generation",
     "MMRetainError",
     "Modality",
     "RetainedVLM",
@@ -28,11 +31,14 @@ __all__ = [
     "RetentionPolicy",
     "RetentionRun",
     "RetentionStats",
+    "Session",
     "TokenTags",
     "UnknownPolicyError",
     "UnsupportedModelError",
+    "VideoProgress",
     "allocate",
     "load",
     "retain",
+    "stream_video",
 ]
 __version__ = "0.1.0"

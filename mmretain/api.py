@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-import itertools
-import math
+import copy
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    GenerationConfig,
+)
 
 from . import media
 from .cache import RetentionStats
 from .config import RetentionConfig
 from .engine import RetentionRun
 from .errors import ModelLoadError
-from .session import VIDEO_TYPE, Layout, Session, video_tags
+from .session import Session
+from .streaming import VideoProgress, stream_video
 
 Messages = list[dict[str, Any]]
 
@@ -34,21 +39,16 @@ class Answer:
     tokens: list[int] = field(default_factory=list)
     seconds: float = 0.0
     frames: int = 0
-
-
-@dataclass
-class VideoProgress:
-    """Reported after each chunk of a streamed video."""
-
-    frames_done: int
-    frames_total: int
-    tokens_seen: int
-    entries_kept: int
-    entries_budget: int
+    logits: tuple[torch.Tensor, ...] | None = None  # per step, when the config asks for them
 
 
 class RetainedVLM:
-    """A model, its processor and a retention config: chat and video QA under one KV budget."""
+    """A model, its processor and a retention config: chat and video QA under one KV budget.
+
+    A thin façade over the engine: each call installs the run's hooks, works on a `Session`
+    (`mmretain.session`), streams video with `mmretain.streaming.stream_video`, answers with
+    the model's own ``generate`` and removes the hooks again.
+    """
 
     def __init__(self, model: torch.nn.Module, processor: Any, config: RetentionConfig):
         self.model = model.eval()
@@ -56,7 +56,6 @@ class RetainedVLM:
         self.config = config
         self.run = RetentionRun(model, config)
         self._chat: Session | None = None
-        self._chat_ids: list[int] = []
         self._chat_images = 0
 
     @property
@@ -73,22 +72,43 @@ class RetainedVLM:
         finally:
             self.run.remove()
 
-    def _eos_ids(self) -> set[int]:
-        ids = self.model.generation_config.eos_token_id
-        ids = [ids] if isinstance(ids, int) else list(ids or [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.append(self.tokenizer.eos_token_id)
-        return set(ids)
+    def generation_config(
+        self, config: GenerationConfig | None = None, max_new_tokens: int = 128
+    ) -> GenerationConfig:
+        """``config`` (default: greedy, ``max_new_tokens``) with the end-of-sequence and padding
+        tokens filled in from the model and its tokenizer where it names none."""
+        config = copy.deepcopy(config) or GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False
+        )
+        if config.eos_token_id is None:
+            ids = self.model.generation_config.eos_token_id
+            ids = [ids] if isinstance(ids, int) else list(ids or [])
+            if self.tokenizer.eos_token_id is not None:
+                ids.append(self.tokenizer.eos_token_id)
+            config.eos_token_id = sorted(set(ids)) or None
+        if config.pad_token_id is None:
+            pad = self.tokenizer.pad_token_id
+            config.pad_token_id = pad if pad is not None else _first(config.eos_token_id)
+        return config
 
-    def _decode(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    def _answer(self, session: Session, inputs, config: GenerationConfig, **fields) -> Answer:
+        reply = session.generate(inputs, config)
+        text = self.tokenizer.decode(reply.tokens, skip_special_tokens=True).strip()
+        return Answer(text, session.cache.stats, tokens=reply.tokens, logits=reply.logits, **fields)
 
     # -- chat ----------------------------------------------------------------------------------
-    def chat(self, messages: Messages, max_new_tokens: int = 128) -> Answer:
+    def chat(
+        self,
+        messages: Messages,
+        max_new_tokens: int = 128,
+        generation_config: GenerationConfig | None = None,
+    ) -> Answer:
         """Reply to the conversation ``messages``; the cache carries over from the last call.
 
         Each call passes the whole conversation, as with any chat API. When it extends the
         previous one, only the new tokens are prefilled; otherwise the session restarts.
+        ``generation_config`` (sampling, stop strings, ...) replaces the default of greedy
+        decoding up to ``max_new_tokens``.
         """
         start = time.perf_counter()
         images = [media.load_image(c["image"]) for c in _contents(messages, "image")]
@@ -97,32 +117,30 @@ class RetainedVLM:
         )
         full = self.processor(text=[text], images=images or None, return_tensors="pt")
         ids = full["input_ids"][0].tolist()
-        cached = len(self._chat_ids)
-        if self._chat is None or ids[:cached] != self._chat_ids or len(images) < self._chat_images:
-            self._chat, self._chat_ids, self._chat_images, cached = Session(self.run), [], 0, 0
-        new_ids = torch.tensor([ids[cached:]])
-        inputs: dict[str, Any] = {"input_ids": new_ids}
+        session = self._chat
+        if (
+            session is None
+            or ids[: len(session.ids)] != session.ids
+            or len(images) < (self._chat_images)
+        ):
+            session, self._chat_images = Session(self.run), 0
+        cached = len(session.ids)
+        inputs: dict[str, Any] = {"input_ids": torch.tensor([ids[cached:]], dtype=torch.long)}
         if "mm_token_type_ids" in full:
             inputs["mm_token_type_ids"] = full["mm_token_type_ids"][:, cached:]
         new_images = images[self._chat_images :]
         if new_images:
             inputs.update(self.processor.image_processor(images=new_images, return_tensors="pt"))
-        session = self._chat
+        config = self.generation_config(generation_config, max_new_tokens)
         with self._hooked():
-            logits = session.extend(inputs)
-            tokens = session.generate(logits, max_new_tokens, self._eos_ids())
-        self._chat_ids = ids + tokens[:-1]
-        self._chat_images = len(images)
-        return Answer(
-            self._decode(tokens),
-            session.cache.stats,
-            tokens=tokens,
-            seconds=time.perf_counter() - start,
-        )
+            answer = self._answer(session, inputs, config)
+        self._chat, self._chat_images = session, len(images)
+        answer.seconds = time.perf_counter() - start
+        return answer
 
     def reset(self) -> None:
         """Forget the conversation."""
-        self._chat, self._chat_ids, self._chat_images = None, [], 0
+        self._chat, self._chat_images = None, 0
 
     # -- long video ----------------------------------------------------------------------------
     def answer_video(
@@ -137,6 +155,7 @@ class RetainedVLM:
         end: float | None = None,
         question_first: bool = False,
         max_new_tokens: int = 64,
+        generation_config: GenerationConfig | None = None,
         progress: Callable[[VideoProgress], None] | None = None,
     ) -> list[Answer]:
         """Stream a video through the model chunk by chunk, evicting after each, then answer.
@@ -147,7 +166,8 @@ class RetainedVLM:
         question is known and every question is answered from the same compressed context
         (compress once, answer many). With ``question_first=True`` the question comes before
         the video, so eviction can favour what it asks about; the video streams once per
-        question.
+        question. ``generation_config`` replaces the default of greedy decoding up to
+        ``max_new_tokens``.
         """
         if isinstance(questions, str):
             questions = [questions]
@@ -158,17 +178,16 @@ class RetainedVLM:
             if isinstance(path, media.Video)
             else media.Video(path, fps=fps, max_frames=max_frames, start=start, end=end)
         )
+        config = self.generation_config(generation_config, max_new_tokens)
         if question_first:
             return [
                 answer
                 for q in questions
                 for answer in self._stream_and_answer(
-                    video, [q], chunk_frames, True, max_new_tokens, progress
+                    video, [q], chunk_frames, True, config, progress
                 )
             ]
-        return self._stream_and_answer(
-            video, questions, chunk_frames, False, max_new_tokens, progress
-        )
+        return self._stream_and_answer(video, questions, chunk_frames, False, config, progress)
 
     def _video_prompt(self, question: str, question_first: bool) -> tuple[list[int], list[int]]:
         """Token ids before and after the video's placeholder in the chat-formatted prompt."""
@@ -187,187 +206,43 @@ class RetainedVLM:
         cut = ids.index(video_token)
         return ids[:cut], ids[cut + 1 :]
 
-    def _encoded_chunks(
-        self, video: media.Video, chunk_frames: int, total: int
-    ) -> Iterator[_EncodedChunk]:
-        """Each chunk of ``video`` as the model takes it: a prompt (Qwen3-VL) or embeddings."""
-        adapter = self.run.adapter
-        done = 0
-        for frames in video.chunks(chunk_frames):
-            indices = video.indices[done : done + len(frames)]
-            done += len(frames)
-            prompt = adapter.video_chunk_prompt(
-                self.processor, frames, indices, video.info.fps, total
-            )
-            if prompt is not None:
-                yield _EncodedChunk(len(frames), prompt=prompt)
-            else:
-                chunk = adapter.process_video_chunk(self.processor, frames)
-                embeddings = adapter.video_chunk_embeddings(chunk)
-                yield _EncodedChunk(len(frames), chunk=chunk, embeddings=embeddings)
-
-    def _video_progress(self, session: Session, done: int, total: int) -> VideoProgress:
-        stats = session.cache.stats
-        budget = self.run.capacity(session.cache) if session.cache.initialized_layers else 0
-        return VideoProgress(done, total, stats.tokens_seen, stats.entries_kept, budget)
-
     def _stream_and_answer(
         self,
         video: media.Video,
         questions: Sequence[str],
         chunk_frames: int,
         question_first: bool,
-        max_new_tokens: int,
+        config: GenerationConfig,
         progress: Callable[[VideoProgress], None] | None,
     ) -> list[Answer]:
         start = time.perf_counter()
-        adapter = self.run.adapter
         prompts = [self._video_prompt(q, question_first) for q in questions]
-        prefix = prompts[0][0]
-        session = Session(self.run)
-        total = len(video.indices)
-        chunk_frames = adapter.round_chunk_frames(chunk_frames)
+        context = Session(self.run)
         with self._hooked():
-            encoded = self._encoded_chunks(video, chunk_frames, total)
-            first = next(encoded, None)
-            # The video's length is known from its first chunk: a fraction budget is taken of
-            # the text before it and all of the video from the start (each question's own
-            # tokens join when it is asked).
-            video_tokens = 0 if first is None else _video_tokens(adapter, first, total)
-            session.cache.expect(len(prefix) + video_tokens)
-            session.extend({"input_ids": torch.tensor([prefix])})
-            # The video is one turn's content: text a chunk brings (Qwen3-VL's timestamps)
-            # must not take the protection from the prompt around it.
-            with session.cache.media_stream():
-                plan: _VideoPlan | None = None
-                done = 0
-                for item in itertools.chain([] if first is None else [first], encoded):
-                    if item.prompt is not None:
-                        session.extend(item.prompt)
-                    else:
-                        if plan is None:
-                            plan = _VideoPlan.make(
-                                adapter, session, item, video_tokens, total, video.sampled_fps
-                            )
-                        positions, tags = plan.take(item.embeddings.shape[0], done)
-                        session.extend_embeddings(item.embeddings[None], positions, tags)
-                    done += item.frames
-                    if progress is not None:
-                        progress(self._video_progress(session, done, total))
-                # Chunks that went in as prompt tokens kept the session's layout themselves.
-                if plan is not None:
-                    tail = adapter.video_tail_embeddings()
-                    if tail.shape[0]:
-                        positions, tags = plan.take(tail.shape[0], done)
-                        session.extend_embeddings(tail[None].to(self.model.dtype), positions, tags)
-                    plan.close(session)
-                # A file cut short (or Qwen3-VL's estimate from its first chunk) leaves the
-                # video another length than expected: the budget follows what was streamed.
-                session.cache.prompt_tokens = session.cache.get_seq_length()
-                self.run.maybe_evict(session.cache, decoding=False)
-            context = session.snapshot()
+            frames = stream_video(
+                context,
+                self.processor,
+                video,
+                prompts[0][0],
+                chunk_frames=chunk_frames,
+                progress=progress,
+            )
             answers = []
             for question, (_, suffix) in zip(questions, prompts, strict=True):
-                asking = context.snapshot()
-                logits = asking.extend({"input_ids": torch.tensor([suffix])})
-                tokens = asking.generate(logits, max_new_tokens, self._eos_ids())
-                answers.append(
-                    Answer(
-                        self._decode(tokens),
-                        asking.cache.stats,
-                        question,
-                        tokens,
-                        time.perf_counter() - start,
-                        done,
-                    )
+                answer = self._answer(
+                    context.snapshot(),
+                    {"input_ids": torch.tensor([suffix], dtype=torch.long)},
+                    config,
+                    question=question,
+                    frames=frames,
                 )
+                answer.seconds = time.perf_counter() - start
+                answers.append(answer)
         return answers
 
 
-@dataclass
-class _EncodedChunk:
-    """One chunk of a streamed video, ready for the model: a prompt, or a chunk's embeddings."""
-
-    frames: int
-    prompt: dict[str, torch.Tensor] | None = None
-    chunk: Any = None
-    embeddings: torch.Tensor | None = None
-
-
-def _video_tokens(adapter, first: _EncodedChunk, total_frames: int) -> int:
-    """Tokens the whole video will bring, from its first chunk (for prompt chunks, an estimate:
-    chunks are sized alike, but their timestamps may differ in length)."""
-    if first.prompt is not None:
-        return math.ceil(total_frames / first.frames) * first.prompt["input_ids"].shape[-1]
-    grid = adapter.planned_video_grid(first.chunk, total_frames)
-    if grid is not None:
-        return int(grid.prod()) // adapter.merge_area
-    per_frame = first.embeddings.shape[0] / first.frames
-    return math.ceil(per_frame * total_frames) + adapter.video_tail_embeddings().shape[0]
-
-
-@dataclass
-class _VideoPlan:
-    """Where each video token goes: positions from the whole planned video, sliced per chunk."""
-
-    positions: torch.Tensor  # [rows, 1, n] over prefix + planned video tokens
-    offset: int  # tokens before the video
-    tokens_per_frame: float
-    grid_h: int
-    grid_w: int
-    grid: torch.Tensor | None  # planned (t, h, w) for M-RoPE families
-    seconds: float | None  # per temporal step, for families whose positions follow time
-    used: int = 0
-
-    @classmethod
-    def make(
-        cls,
-        adapter,
-        session: Session,
-        first: _EncodedChunk,
-        count: int,
-        total_frames: int,
-        sampled_fps: float,
-    ):
-        """The plan of a video of ``total_frames`` frames and ``count`` tokens, from its first
-        encoded chunk."""
-        chunk, embeddings, frames = first.chunk, first.embeddings, first.frames
-        per_frame = embeddings.shape[0] / frames
-        grid = adapter.planned_video_grid(chunk, total_frames)
-        seconds = adapter.seconds_per_grid(sampled_fps)
-        layout = Layout(
-            [*session.layout.token_types, torch.full((count,), VIDEO_TYPE)],
-            list(session.layout.image_grids),
-            [*session.layout.video_grids, *([grid] if grid is not None else [])],
-            [*session.layout.video_seconds, *([seconds] if seconds is not None else [])],
-        )
-        grid_h, grid_w = adapter.video_token_grid(chunk, embeddings.shape[0], frames)
-        return cls(
-            session.positions(layout),
-            len(session.layout),
-            per_frame,
-            grid_h,
-            grid_w,
-            grid,
-            seconds,
-        )
-
-    def take(self, n: int, frames_done: int) -> tuple[torch.Tensor, Any]:
-        start = self.offset + self.used
-        self.used += n
-        frame = int(frames_done * self.tokens_per_frame) // max(self.grid_h * self.grid_w, 1)
-        tags = video_tags(n, media=0, frame_offset=frame, grid_h=self.grid_h, grid_w=self.grid_w)
-        return self.positions[..., start : start + n], tags
-
-    def close(self, session: Session) -> None:
-        """Record the video as streamed (a truncated file may bring fewer frames than planned)."""
-        session.layout.token_types.append(torch.full((self.used,), VIDEO_TYPE))
-        if self.grid is not None:
-            grid = self.grid.clone()
-            grid[0] = self.used * session.adapter.merge_area // int(grid[1] * grid[2])
-            session.layout.video_grids.append(grid)
-        if self.seconds is not None:
-            session.layout.video_seconds.append(self.seconds)
+def _first(ids: int | list[int] | None) -> int | None:
+    return ids[0] if isinstance(ids, list) and ids else ids if isinstance(ids, int) else None
 
 
 def _contents(messages: Messages, kind: str) -> list[dict[str, Any]]:
@@ -385,14 +260,17 @@ def load(
     policy: Any = "snapkv",
     budget: int | float | str = 0.25,
     *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    dtype: torch.dtype | str = "auto",
     **options: Any,
 ) -> RetainedVLM:
     """Load a checkpoint (local directory or hub id) with its processor, under a KV budget.
 
     "testbed" and "testbed-llava" name the tiny models shipped with mmretain (offline).
 
+    ``device_map`` and ``dtype`` are those of transformers' ``from_pretrained``: by default the
+    model goes whole to the first GPU when there is one, else to the CPU, in the dtype its
+    checkpoint was saved in; ``device_map="auto"`` spreads it over several devices (accelerate).
     ``options`` are further `RetentionConfig` fields (allocation, sink, recent, chunk_tokens, ...).
     """
     config = RetentionConfig(policy=policy, budget=budget, **options)
@@ -402,11 +280,13 @@ def load(
 
         path = str(model_path(path))
     local = Path(path).is_dir()
-    kwargs: dict[str, Any] = {"use_safetensors": True}
+    if device_map is None:
+        device_map = "cuda:0" if torch.cuda.is_available() else "cpu"
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    kwargs: dict[str, Any] = {"use_safetensors": True, "device_map": device_map, "dtype": dtype}
     if local:
         kwargs["local_files_only"] = True
-    if dtype is not None:
-        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     try:
         processor = AutoProcessor.from_pretrained(
             path, **({"local_files_only": True} if local else {})
@@ -421,4 +301,4 @@ def load(
             f"cannot load a model from {path!r} ({reason}); "
             "give a local directory written by save_pretrained (safetensors) or a reachable hub id"
         ) from error
-    return RetainedVLM(model.to(device), processor, config)
+    return RetainedVLM(model, processor, config)

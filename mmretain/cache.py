@@ -249,7 +249,7 @@ class RetentionCache(Cache):
         self.prompts = 0  # prompts (turns) prefilled so far
         self.row_start = torch.zeros(1, dtype=torch.long)  # first non-padding token per row
         self.pending_tags: TokenTags | None = None  # tags of the next forward's tokens
-        self.streaming_media = False  # forwards continue the current turn (a video's chunks)
+        self.holding_turn = False  # forwards start no turn (see `hold_turn`)
         # The call in flight: the chunks of a long prompt still to prefill, and whether it
         # decodes one token (eviction then waits for the buffer to fill).
         self.pending_chunks: list[Any] = []
@@ -268,15 +268,21 @@ class RetentionCache(Cache):
         generated = self.get_seq_length() and n == 1
         return TokenTags.text(b, n, Modality.GENERATED if generated else Modality.TEXT)
 
+    def start_turn(self, start: int, end: int) -> None:
+        """Tokens [start, end) are the latest prompt: with ``protect_turn`` its text is kept."""
+        self.turn = (start, end)
+        self.prompts += 1
+
     @contextmanager
-    def media_stream(self) -> Iterator[None]:
-        """Forwards inside continue the current turn (the chunks of one video): text they bring
-        (timestamps) does not take the turn's protection from the prompt around them."""
-        self.streaming_media = True
+    def hold_turn(self) -> Iterator[None]:
+        """Forwards inside start no turn of their own: they stream a medium into the current
+        turn (text a video chunk brings, such as timestamps, does not take the protection from
+        the prompt around it), or bring a prompt whose turn the caller set with `start_turn`."""
+        self.holding_turn = True
         try:
             yield
         finally:
-            self.streaming_media = False
+            self.holding_turn = False
 
     def set_incoming(
         self, modality: torch.Tensor, valid: torch.Tensor, prior: torch.Tensor | None = None
@@ -374,7 +380,7 @@ class RetentionCache(Cache):
         self.turn, self.prompts = (0, 0), 0
         self.row_start = torch.zeros(1, dtype=torch.long)
         self.pending_tags = None
-        self.streaming_media = False
+        self.holding_turn = False
 
     @property
     def is_compileable(self) -> bool:

@@ -214,13 +214,9 @@ class RetentionRun:
         cache.expect(seen + n)
         tags = cache.take_tags(b, n)
         valid = self._valid(kwargs.get("attention_mask"), b, n)
-        if (
-            n > 1
-            and not cache.streaming_media
-            and bool((tags.modality == int(Modality.TEXT)).any())
-        ):
-            cache.prompts += 1
-            cache.turn = (seen, seen + n)
+        text = bool((tags.modality == int(Modality.TEXT)).any())
+        if n > 1 and text and not cache.holding_turn:
+            cache.start_turn(seen, seen + n)
         if seen == 0:
             cache.row_start = valid.to(torch.int8).argmax(dim=1).cpu()
         prior = self._vision_prior(tags)

@@ -3,24 +3,37 @@
 A session owns a `RetentionCache` and the layout of every token it has seen (modality type and
 media grids), so it can give each new token the position it would have had in one full
 forward — M-RoPE included — whatever was evicted before. It prefills token ids (with their
-media) or precomputed embeddings (video chunks), and decodes greedily.
+media) or precomputed embeddings (video chunks), and answers with the model's own
+``generate`` on its cache, so sampling, stop strings and every other generation option work.
+
+Use it inside `mmretain.retain` (or a `RetainedVLM` call)::
+
+    with mmretain.retain(model, cfg) as run:
+        session = Session(run)
+        stream_video(session, processor, mmretain.media.Video("clip.mp4"), prefix_ids)
+        reply = session.generate({"input_ids": question_ids}, GenerationConfig(max_new_tokens=32))
+        # or model.generate(**session.generate_inputs(question_ids), max_new_tokens=32)
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from transformers import GenerationConfig
 
-from .adapters.base import tag_grid
 from .cache import RetentionCache
 from .compat import CACHE_KWARG
 from .engine import RetentionRun
-from .tags import Modality, TokenTags
+from .tags import TokenTags
 
 # mm_token_type_ids values, the convention of transformers' VLM processors.
 TEXT_TYPE, IMAGE_TYPE, VIDEO_TYPE = 0, 1, 2
+# Processor outputs that carry media; a prompt holding any is prefilled before generate runs.
+_MEDIA_KEYS = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw")
+_PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 
 
 @dataclass
@@ -39,8 +52,16 @@ class Layout:
         return sum(t.numel() for t in self.token_types)
 
 
+@dataclass
+class Generation:
+    """What `Session.generate` produced."""
+
+    tokens: list[int]  # the new tokens, an end-of-sequence token included
+    logits: tuple[torch.Tensor, ...] | None = None  # per step [1, vocab], when asked for
+
+
 class Session:
-    """A growing context under a retention run: prefill, decode, snapshot, restore."""
+    """A growing context under a retention run: prefill, generate, snapshot."""
 
     def __init__(self, run: RetentionRun):
         self.run = run
@@ -48,7 +69,11 @@ class Session:
         self.adapter = run.adapter
         self.cache: RetentionCache = run.new_cache()
         self.layout = Layout()
-        self.next_position = 0  # where decoding continues: one past the largest position
+        self.ids: list[int] = []  # every token seen; video placeholders for streamed chunks
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
 
     # -- positions -----------------------------------------------------------------------------
     def positions(self, layout: Layout | None = None) -> torch.Tensor:
@@ -67,26 +92,26 @@ class Session:
 
         Returns the logits of the last token, [1, vocab].
         """
-        inputs = dict(inputs)
+        inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         input_ids = inputs["input_ids"]
-        types = self.adapter.token_types(input_ids)[0]
+        types = self.adapter.token_types(input_ids)[0].cpu()
         if "mm_token_type_ids" in inputs:
-            inputs["mm_token_type_ids"] = types[None].to(inputs["mm_token_type_ids"].dtype)
+            inputs["mm_token_type_ids"] = types[None].to(inputs["mm_token_type_ids"])
         self.layout.token_types.append(types)
         for key, grids in (
             ("image_grid_thw", self.layout.image_grids),
             ("video_grid_thw", self.layout.video_grids),
         ):
             if inputs.get(key) is not None:
-                grids.extend(inputs[key])
+                grids.extend(inputs[key].cpu())
         if inputs.get("second_per_grid_ts") is not None:
             self.layout.video_seconds.extend(inputs["second_per_grid_ts"].tolist())
         positions = self.positions()
-        self.next_position = int(positions.max()) + 1
+        self.ids.extend(input_ids[0].tolist())
         n = input_ids.shape[1]
         out = self.model(
             **inputs,
-            position_ids=self.adapter.shape_positions(positions[..., -n:]),
+            position_ids=self.adapter.shape_positions(positions[..., -n:]).to(self.device),
             **{CACHE_KWARG: self.cache},
             use_cache=True,
             logits_to_keep=1,
@@ -103,36 +128,74 @@ class Session:
         self.cache.expect_tags(tags)
         out = self.model(
             inputs_embeds=embeddings,
-            position_ids=self.adapter.shape_positions(positions),
+            position_ids=self.adapter.shape_positions(positions).to(self.device),
             **{CACHE_KWARG: self.cache},
             use_cache=True,
             logits_to_keep=1,
         )
-        self.next_position = max(self.next_position, int(positions.max()) + 1)
+        placeholder = self.adapter.video_token_id or 0
+        self.ids.extend([placeholder] * embeddings.shape[1])
         return out.logits[:, -1]
 
-    # -- decode --------------------------------------------------------------------------------
-    def generate(self, logits: torch.Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[int]:
-        """Greedy tokens from ``logits`` on; like transformers' generate, the last token (or an
-        end-of-sequence token) is not fed back into the cache: the next `extend` brings it, as
-        part of the conversation that follows."""
-        tokens: list[int] = []
-        for step in range(max_new_tokens):
-            token = int(logits.argmax(dim=-1))
-            tokens.append(token)
-            if token in eos_ids or step == max_new_tokens - 1:
-                break
-            position = torch.full((1, 1), self.next_position, dtype=torch.long)
-            logits = self.model(
-                input_ids=torch.tensor([[token]]),
-                position_ids=self.adapter.shape_positions(position[None]),
-                **{CACHE_KWARG: self.cache},
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits[:, -1]
-            self.next_position += 1
-        self.layout.token_types.append(torch.zeros(len(tokens) - 1, dtype=torch.long))
-        return tokens
+    # -- generate ------------------------------------------------------------------------------
+    def generate_inputs(self, input_ids: torch.Tensor) -> dict[str, Any]:
+        """Keyword arguments for ``model.generate`` that continue this session with the text
+        tokens ``input_ids`` [1, n]: every id seen plus the new ones, their positions (those of
+        one full forward; the cached part is sliced away by generate) and the session's cache."""
+        n = input_ids.shape[1]
+        seen = self.cache.get_seq_length()
+        text = torch.full((n,), TEXT_TYPE, dtype=torch.long)
+        layout = copy.copy(self.layout)
+        layout.token_types = [*self.layout.token_types, text]
+        positions = self.positions(layout)
+        # Only the new tokens' positions are read: generate slices off what the cache holds.
+        positions = torch.cat(
+            [positions.new_zeros(*positions.shape[:2], seen), positions[..., -n:]], -1
+        )
+        return {
+            "input_ids": torch.cat(
+                [torch.tensor([self.ids[:seen]], dtype=torch.long), input_ids.cpu()], dim=1
+            ).to(self.device),
+            "position_ids": self.adapter.shape_positions(positions).to(self.device),
+            CACHE_KWARG: self.cache,
+        }
+
+    def generate(
+        self, inputs: dict[str, torch.Tensor], generation_config: GenerationConfig | None = None
+    ) -> Generation:
+        """Reply to the new tokens ``inputs`` with ``model.generate`` on this session's cache.
+
+        ``inputs`` are a processor's output for the new tokens; media in them are prefilled
+        first, and the text after the last of them goes in with generate. The prompt counts as
+        one turn either way. ``generation_config`` defaults to the model's own.
+        Like transformers' generate, the last new token is not fed back into the cache: the
+        next call brings it, as part of the conversation that follows.
+        """
+        config = copy.deepcopy(generation_config or self.model.generation_config)
+        config.return_dict_in_generate = True
+        input_ids = inputs["input_ids"]
+        cut = self._text_tail_start(inputs)
+        seen = self.cache.get_seq_length()
+        self.cache.expect(seen + input_ids.shape[1])
+        self.cache.start_turn(seen, seen + input_ids.shape[1])
+        with self.cache.hold_turn():
+            if cut:
+                self.extend({k: _head(k, v, cut) for k, v in inputs.items()})
+            tail = input_ids[:, cut:]
+            before = self.cache.get_seq_length()
+            out = self.model.generate(**self.generate_inputs(tail), generation_config=config)
+        tokens = out.sequences[0, before + tail.shape[1] :].tolist()
+        added = self.cache.get_seq_length() - before
+        self.ids.extend((tail[0].tolist() + tokens)[:added])
+        self.layout.token_types.append(torch.full((added,), TEXT_TYPE, dtype=torch.long))
+        return Generation(tokens, out.logits)
+
+    def _text_tail_start(self, inputs: dict[str, torch.Tensor]) -> int:
+        """Where the text after the prompt's last media token starts (0 without media)."""
+        if not any(inputs.get(key) is not None for key in _MEDIA_KEYS):
+            return 0
+        media = (self.adapter.token_types(inputs["input_ids"])[0] != TEXT_TYPE).nonzero()
+        return int(media[-1]) + 1 if len(media) else 0
 
     # -- compress once, answer many ------------------------------------------------------------
     def snapshot(self) -> Session:
@@ -140,11 +203,10 @@ class Session:
         twin = copy.copy(self)
         twin.cache = copy.deepcopy(self.cache)
         twin.layout = copy.deepcopy(self.layout)
+        twin.ids = list(self.ids)
         return twin
 
 
-def video_tags(count: int, media: int, frame_offset: int, grid_h: int, grid_w: int) -> TokenTags:
-    """Tags of ``count`` video tokens laid out frame by frame on a grid_h x grid_w grid."""
-    tags = TokenTags.text(1, count)
-    tag_grid(tags, 0, 0, count, Modality.VIDEO, media, grid_w, grid_h, frame_offset)
-    return tags
+def _head(key: str, value: Any, cut: int) -> Any:
+    """The first ``cut`` tokens' share of one processor output (per-token tensors are cut)."""
+    return value[:, :cut] if key in _PER_TOKEN_KEYS else value

@@ -509,3 +509,27 @@ def tiny_family(name: str) -> TinyFamily:
     if name not in _FAMILIES:
         _FAMILIES[name] = FAMILY_FACTORIES[name]()
     return _FAMILIES[name]
+
+
+# -- on disk: a tiny Qwen2-VL checkpoint and a short video, one of each per test module -------
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny random-weight Qwen2-VL written with save_pretrained, with its processor."""
+    from checkpoints import write_qwen2_vl
+
+    return write_qwen2_vl(tmp_path_factory.mktemp("qwen2_vl"))
+
+
+@pytest.fixture(scope="module")
+def video_file(tmp_path_factory):
+    """A 20-frame, 4 fps random-noise mp4."""
+    import numpy as np
+
+    from mmretain import media
+
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    media.write_video(
+        path, (rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for _ in range(20)), 4
+    )
+    return path

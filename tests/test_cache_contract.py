@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 from accelerate import dispatch_model
-from checkpoints import write_qwen2_vl
 from conftest import make_llama, make_qwen2_vl
 from test_errors import assert_untouched
 from transformers import DynamicCache
 
 import mmretain
-from mmretain import media
 from mmretain.api import load
 from mmretain.compat import cache_kwargs
 from mmretain.errors import RetentionStateError
@@ -150,19 +147,6 @@ def test_an_accelerate_dispatched_model_runs_under_retain(make):
 
 
 # -- compress once, answer many --------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return write_qwen2_vl(tmp_path_factory.mktemp("qwen2_vl"))
-
-
-@pytest.fixture(scope="module")
-def video_file(tmp_path_factory):
-    rng = np.random.default_rng(1)
-    path = tmp_path_factory.mktemp("video") / "clip.mp4"
-    media.write_video(
-        path, (rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for _ in range(16)), 4
-    )
-    return path
 
 
 @pytest.mark.parametrize("policy", ["snapkv", "h2o"])

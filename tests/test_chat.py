@@ -8,16 +8,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from checkpoints import write_qwen2_vl
 from PIL import Image
 
 from mmretain import cli
 from mmretain.api import load
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return write_qwen2_vl(tmp_path_factory.mktemp("qwen2_vl"))
 
 
 @pytest.fixture(scope="module")

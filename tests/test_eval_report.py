@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from checkpoints import write_qwen2_vl
 from PIL import Image
 
 from mmretain import media
@@ -83,11 +82,6 @@ def test_merge_folds_part_files_once_per_sample(tmp_path):
     assert [r["index"] for r in rows] == [0, 1, 2, 3]
     assert rows[2]["score"] == 0.0  # the first record of a sample wins
     assert not cell.parts() and [r["index"] for r in read_rows(cell.path)] == [0, 1, 2, 3]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return write_qwen2_vl(tmp_path_factory.mktemp("qwen2_vl"))
 
 
 def image_sample():

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import datasets
 import pytest
-from checkpoints import write_qwen2_vl
 
 from mmretain.eval import cli
 from mmretain.eval.cells import Cell, RunSettings, cells
@@ -33,11 +32,6 @@ VIDEOMME = DATA / "videomme"
 def datasets_cache(tmp_path_factory, monkeypatch):
     """Datasets the tests write are prepared in a temporary cache, not the user's."""
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return write_qwen2_vl(tmp_path_factory.mktemp("qwen2_vl"))
 
 
 def run_vqa(checkpoint, out, *extra, tasks=f"vqav2={VQAV2}"):

@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -28,13 +26,6 @@ def test_retain_generate_example_compares_policies():
     assert rows["full"][1] == "True"  # no eviction: the unmodified model's answer
     assert set(rows) >= {"full", "snapkv", "h2o", "visionzip"}
     assert all(row[2].startswith("31/") for name, row in rows.items() if name != "full")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from checkpoints import write_qwen2_vl
-
-    return str(write_qwen2_vl(tmp_path_factory.mktemp("qwen2_vl")))
 
 
 def test_video_qa_example_streams_a_synthetic_video(checkpoint):

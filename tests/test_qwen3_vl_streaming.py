@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from checkpoints import write_family
-from test_video_qa import first_logits
+from test_video_qa import WITH_LOGITS
 
 from mmretain import media
 from mmretain.api import load
@@ -29,8 +29,9 @@ def test_qwen3_vl_streams_like_one_shot(chunk_tokens, tmp_path, monkeypatch):
     media.write_video(
         path, (rng.integers(0, 255, (64, 128, 3), dtype=np.uint8) for _ in range(8)), 2
     )
-    logits = first_logits(monkeypatch)
-    [answer] = vlm.answer_video(path, QUESTION, fps=2, chunk_frames=2, max_new_tokens=2)
+    [answer] = vlm.answer_video(
+        path, QUESTION, fps=2, chunk_frames=2, generation_config=WITH_LOGITS
+    )
 
     frames = np.concatenate(list(media.Video(path, fps=2).chunks(100)))
     messages = [
@@ -47,7 +48,7 @@ def test_qwen3_vl_streams_like_one_shot(chunk_tokens, tmp_path, monkeypatch):
     )
     with torch.inference_mode():
         expected = vlm.model(**inputs).logits[:, -1]
-    torch.testing.assert_close(logits[0], expected)
+    torch.testing.assert_close(answer.logits[0], expected)
     # 4 temporal patches of 1 x 3 merged tokens (a lone 2-frame chunk would make 2 x 4 each)
     assert inputs["video_grid_thw"].tolist() == [[4, 2, 6]]
     assert answer.stats.seen_by_modality["video"] == 4 * 3

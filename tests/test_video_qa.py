@@ -8,41 +8,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from checkpoints import write_qwen2_vl
+from transformers import GenerationConfig
 
 from mmretain import cli, media
 from mmretain.api import load
-from mmretain.session import Session
 
 QUESTIONS = ["what colour is the video ?", "which came first ?"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return write_qwen2_vl(tmp_path_factory.mktemp("qwen2_vl"))
-
-
-@pytest.fixture(scope="module")
-def video_file(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("video") / "clip.mp4"
-    media.write_video(
-        path, (rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for _ in range(20)), 4
-    )
-    return path
-
-
-def first_logits(monkeypatch):
-    """Record the logits each answer's decoding starts from."""
-    seen = []
-    generate = Session.generate
-
-    def recording(self, logits, *args, **kwargs):
-        seen.append(logits.clone())
-        return generate(self, logits, *args, **kwargs)
-
-    monkeypatch.setattr(Session, "generate", recording)
-    return seen
+# Greedy, with the logits of every step: an answer's first step is the one-shot prefill's last.
+WITH_LOGITS = GenerationConfig(
+    max_new_tokens=2, do_sample=False, output_logits=True, return_dict_in_generate=True
+)
 
 
 def cut_video(tmp_path, *, frames: int, kept: float, seed: int):
@@ -70,13 +47,14 @@ def one_shot_logits(vlm, video_file, question):
         return vlm.model(**inputs).logits[:, -1]
 
 
-def test_streamed_video_equals_one_shot_prefill(checkpoint, video_file, monkeypatch):
+def test_streamed_video_equals_one_shot_prefill(checkpoint, video_file):
     vlm = load(checkpoint, policy="snapkv", budget=10_000)
-    logits = first_logits(monkeypatch)
-    answers = vlm.answer_video(video_file, QUESTIONS, fps=4, chunk_frames=4, max_new_tokens=4)
+    answers = vlm.answer_video(
+        video_file, QUESTIONS, fps=4, chunk_frames=4, generation_config=WITH_LOGITS
+    )
     assert [a.question for a in answers] == QUESTIONS
-    for question, streamed in zip(QUESTIONS, logits, strict=True):
-        torch.testing.assert_close(streamed, one_shot_logits(vlm, video_file, question))
+    for question, answer in zip(QUESTIONS, answers, strict=True):
+        torch.testing.assert_close(answer.logits[0], one_shot_logits(vlm, video_file, question))
     assert answers[0].stats.seen_by_modality["video"] == 20 // 2 * 4  # (t, h, w) = (10, 4, 4)
     assert answers[0].frames == 20
 
@@ -236,8 +214,9 @@ def test_other_families_stream_like_one_shot(family, tmp_path, monkeypatch):
     media.write_video(
         path, (rng.integers(0, 255, (side, side, 3), dtype=np.uint8) for _ in range(8)), 2
     )
-    logits = first_logits(monkeypatch)
-    vlm.answer_video(path, "what is the colour ?", fps=2, chunk_frames=2, max_new_tokens=2)
+    (answer,) = vlm.answer_video(
+        path, "what is the colour ?", fps=2, chunk_frames=2, generation_config=WITH_LOGITS
+    )
     frames = np.concatenate(list(media.Video(path, fps=2).chunks(100)))
     messages = [
         {
@@ -255,7 +234,7 @@ def test_other_families_stream_like_one_shot(family, tmp_path, monkeypatch):
         inputs["second_per_grid_ts"] = torch.tensor([1.0])
     with torch.inference_mode():
         expected = vlm.model(**inputs).logits[:, -1]
-    torch.testing.assert_close(logits[0], expected)
+    torch.testing.assert_close(answer.logits[0], expected)
 
 
 def test_cli_zero_frame_video_exits_2(checkpoint, tmp_path, capsys):

@@ -199,8 +199,8 @@ class Runner:
                 settings.model,
                 policy=FULL,
                 budget=1.0,
-                device=self.shard.device,
-                dtype=settings.dtype,
+                device_map=self.shard.device,
+                dtype=settings.dtype or "auto",
             )
         vlm = RetainedVLM(self._base.model, self._base.processor, cell.config(self.settings))
         # Policies bind when their hooks go in (gates load then): fail now, not on each sample.
