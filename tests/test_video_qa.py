@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from mmretain import cli, media
+import mmretain
+from mmretain import Session, cli, media, stream_video
 from mmretain.api import load
 
 QUESTIONS = ["what colour is the video ?", "which came first ?"]
@@ -301,3 +302,19 @@ def test_cli_video_qa_arguments_that_do_not_fit_exit_2(checkpoint, capsys, args,
     assert cli.main(["video-qa", *args, "--model", str(checkpoint)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mmretain: error:") and message in err
+
+
+def test_a_retain_user_streams_a_video_and_calls_generate(checkpoint, video_file):
+    """The engine's public pieces — Session, stream_video, generate on the session's cache —
+    give what answer_video gives."""
+    vlm = load(checkpoint, policy="snapkv", budget=24, recent=4)
+    (expected,) = vlm.answer_video(video_file, QUESTIONS[0], fps=4, max_new_tokens=4)
+    prefix, suffix = vlm._video_prompt(QUESTIONS[0], question_first=False)
+    with torch.inference_mode(), mmretain.retain(vlm.model, vlm.config) as run:
+        session = Session(run)
+        frames = stream_video(session, vlm.processor, media.Video(video_file, fps=4), prefix)
+        inputs = session.generate_inputs(torch.tensor([suffix]))
+        out = vlm.model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert frames == 20
+    assert out[0, inputs["input_ids"].shape[1] :].tolist() == expected.tokens
+    assert run.stats.entries_kept == expected.stats.entries_kept
