@@ -21,6 +21,7 @@ from transformers import (
 from . import media
 from .cache import RetentionStats
 from .config import RetentionConfig
+from .defaults import AUTO, DEFAULT_BUDGET
 from .engine import RetentionRun
 from .errors import ModelLoadError
 from .session import Session
@@ -53,8 +54,8 @@ class RetainedVLM:
     def __init__(self, model: torch.nn.Module, processor: Any, config: RetentionConfig):
         self.model = model.eval()
         self.processor = processor
-        self.config = config
         self.run = RetentionRun(model, config)
+        self.config = self.run.config  # "auto" resolved: the policy that really runs
         self._chat: Session | None = None
         self._chat_images = 0
 
@@ -91,8 +92,16 @@ class RetainedVLM:
             config.pad_token_id = pad if pad is not None else _first(config.eos_token_id)
         return config
 
-    def _answer(self, session: Session, inputs, config: GenerationConfig, **fields) -> Answer:
-        reply = session.generate(inputs, config)
+    def _answer(
+        self,
+        session: Session,
+        inputs: dict[str, torch.Tensor],
+        config: GenerationConfig,
+        span: tuple[int, int],
+        **fields: Any,
+    ) -> Answer:
+        """Generate on ``session`` with ``span`` of ``inputs`` protected as the question."""
+        reply = session.generate(inputs, config, span)
         text = self.tokenizer.decode(reply.tokens, skip_special_tokens=True).strip()
         return Answer(text, session.cache.stats, tokens=reply.tokens, logits=reply.logits, **fields)
 
@@ -112,11 +121,19 @@ class RetainedVLM:
         """
         start = time.perf_counter()
         images = [media.load_image(c["image"]) for c in _contents(messages, "image")]
-        text = self.processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
-        full = self.processor(text=[text], images=images or None, return_tensors="pt")
+
+        def render(conversation: Messages) -> dict[str, torch.Tensor]:
+            text = self.processor.apply_chat_template(
+                conversation, add_generation_prompt=True, tokenize=False
+            )
+            return self.processor(text=[text], images=images or None, return_tensors="pt")
+
+        full = render(messages)
         ids = full["input_ids"][0].tolist()
+        # The latest user message's text is the question: where it lies shows against the
+        # same conversation with that text left out.
+        blank = render(_without_last_question(messages))["input_ids"][0].tolist()
+        question = _changed_span(ids, blank)
         session = self._chat
         if (
             session is None
@@ -132,8 +149,9 @@ class RetainedVLM:
         if new_images:
             inputs.update(self.processor.image_processor(images=new_images, return_tensors="pt"))
         config = self.generation_config(generation_config, max_new_tokens)
+        span = (max(question[0] - cached, 0), max(question[1] - cached, 0))
         with self._hooked():
-            answer = self._answer(session, inputs, config)
+            answer = self._answer(session, inputs, config, span)
         self._chat, self._chat_images = session, len(images)
         answer.seconds = time.perf_counter() - start
         return answer
@@ -189,6 +207,14 @@ class RetainedVLM:
             ]
         return self._stream_and_answer(video, questions, chunk_frames, False, config, progress)
 
+    def _question_span(self, question: str, question_first: bool) -> tuple[int, int]:
+        """Where ``question`` lies in the prefix (question first) or suffix of its prompt."""
+        side = 0 if question_first else 1
+        return _changed_span(
+            self._video_prompt(question, question_first)[side],
+            self._video_prompt("", question_first)[side],
+        )
+
     def _video_prompt(self, question: str, question_first: bool) -> tuple[list[int], list[int]]:
         """Token ids before and after the video's placeholder in the chat-formatted prompt."""
         parts = [{"type": "video"}, {"type": "text", "text": question}]
@@ -217,6 +243,7 @@ class RetainedVLM:
     ) -> list[Answer]:
         start = time.perf_counter()
         prompts = [self._video_prompt(q, question_first) for q in questions]
+        spans = [self._question_span(q, question_first) for q in questions]
         context = Session(self.run)
         with self._hooked():
             frames = stream_video(
@@ -224,21 +251,50 @@ class RetainedVLM:
                 self.processor,
                 video,
                 prompts[0][0],
+                question=spans[0] if question_first else None,
                 chunk_frames=chunk_frames,
                 progress=progress,
             )
             answers = []
-            for question, (_, suffix) in zip(questions, prompts, strict=True):
+            for question, (_, suffix), span in zip(questions, prompts, spans, strict=True):
                 answer = self._answer(
                     context.snapshot(),
                     {"input_ids": torch.tensor([suffix], dtype=torch.long)},
                     config,
+                    (0, 0) if question_first else span,
                     question=question,
                     frames=frames,
                 )
                 answer.seconds = time.perf_counter() - start
                 answers.append(answer)
         return answers
+
+
+def _changed_span(ids: list[int], blank: list[int]) -> tuple[int, int]:
+    """The span [start, end) of ``ids`` that differs from ``blank``: what was left out of it."""
+    start = 0
+    while start < min(len(ids), len(blank)) and ids[start] == blank[start]:
+        start += 1
+    end = 0
+    while end < min(len(ids), len(blank)) - start and ids[-1 - end] == blank[-1 - end]:
+        end += 1
+    return start, len(ids) - end
+
+
+def _without_last_question(messages: Messages) -> Messages:
+    """``messages`` with the text of the latest user message emptied."""
+    out = [dict(m) for m in messages]
+    for message in reversed(out):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                message["content"] = ""
+            elif isinstance(content, list):
+                message["content"] = [
+                    {**part, "text": ""} if part.get("type") == "text" else part for part in content
+                ]
+            break
+    return out
 
 
 def _first(ids: int | list[int] | None) -> int | None:
@@ -257,8 +313,8 @@ def _contents(messages: Messages, kind: str) -> list[dict[str, Any]]:
 
 def load(
     path_or_hub_id: str | Path,
-    policy: Any = "snapkv",
-    budget: int | float | str = 0.25,
+    policy: Any = AUTO,
+    budget: int | float | str = DEFAULT_BUDGET,
     *,
     device_map: str | dict[str, Any] | None = None,
     dtype: torch.dtype | str = "auto",

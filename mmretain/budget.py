@@ -146,6 +146,33 @@ ALLOCATIONS = ("global", "layer", "uniform")
 Allocation = Literal["global", "layer", "uniform"]
 
 
+def _groups(
+    layer: torch.Tensor, head: torch.Tensor, mode: str, n_layers: int, n_heads: int
+) -> tuple[torch.Tensor, int]:
+    """Which share each entry is paid from under ``mode``, and how many shares there are."""
+    if mode == "global":
+        return torch.zeros_like(layer, dtype=torch.long), 1
+    if mode == "layer":
+        return layer.long(), n_layers
+    return layer.long() * n_heads + head.long(), n_layers * n_heads
+
+
+def protection_fits(
+    protected: torch.Tensor,
+    layer: torch.Tensor,
+    head: torch.Tensor,
+    capacity: int,
+    *,
+    mode: Allocation,
+    n_layers: int,
+    n_heads: int,
+) -> bool:
+    """Whether the ``protected`` entries fit in every share of ``capacity`` under ``mode``."""
+    group, n_groups = _groups(layer, head, mode, n_layers, n_heads)
+    shares = _shares(capacity, n_groups, protected.device)
+    return bool((torch.bincount(group[protected.bool()], minlength=n_groups) <= shares).all())
+
+
 def _shares(capacity: int, n_groups: int, device: torch.device) -> torch.Tensor:
     """Split ``capacity`` evenly; the remainder goes one each to the lowest group indices."""
     shares = torch.full((n_groups,), capacity // n_groups, dtype=torch.long, device=device)
@@ -280,12 +307,7 @@ def allocate(
     ):
         return present
 
-    if mode == "global":
-        group, n_groups = torch.zeros(n, dtype=torch.long, device=device), 1
-    elif mode == "layer":
-        group, n_groups = layer, n_layers
-    else:
-        group, n_groups = head_group, n_layers * n_heads
+    group, n_groups = _groups(layer, head, mode, n_layers, n_heads)
     shares = _shares(capacity, n_groups, device)
     n_protected = torch.bincount(group[kept_protected], minlength=n_groups)
     over = n_protected > shares
@@ -294,7 +316,7 @@ def allocate(
         where = {"global": "", "layer": f"layer {g}'s ", "uniform": _head_label(g, n_heads)}[mode]
         raise ValueError(
             f"{where}budget of {int(shares[g])} entries is smaller than the "
-            f"{int(n_protected[g])} protected entries (sinks, recent window, current turn); "
+            f"{int(n_protected[g])} protected entries (sinks, recent window, question); "
             "raise the budget or lower sink/recent"
         )
 

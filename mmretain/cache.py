@@ -15,8 +15,6 @@ The cache stores; it never decides what to evict (see `mmretain.budget.allocate`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +52,8 @@ class RetentionStats:
 
     @property
     def kv_fraction(self) -> float:
-        """Bytes held relative to a full cache of the same tokens."""
+        """Bytes held relative to this cache holding every token it saw (entries at the same
+        cost, metadata included): 1.0 for a full cache."""
         return self.bytes_held / self.bytes_full_cache if self.bytes_full_cache else 1.0
 
     @property
@@ -249,7 +248,7 @@ class RetentionCache(Cache):
         self.prompts = 0  # prompts (turns) prefilled so far
         self.row_start = torch.zeros(1, dtype=torch.long)  # first non-padding token per row
         self.pending_tags: TokenTags | None = None  # tags of the next forward's tokens
-        self.holding_turn = False  # forwards start no turn (see `hold_turn`)
+        self.lifted_protections: set[str] = set()  # protections a warning has named
         # The call in flight: the chunks of a long prompt still to prefill, and whether it
         # decodes one token (eviction then waits for the buffer to fill).
         self.pending_chunks: list[Any] = []
@@ -269,20 +268,10 @@ class RetentionCache(Cache):
         return TokenTags.text(b, n, Modality.GENERATED if generated else Modality.TEXT)
 
     def start_turn(self, start: int, end: int) -> None:
-        """Tokens [start, end) are the latest prompt: with ``protect_turn`` its text is kept."""
+        """Tokens [start, end) are the latest question: with ``protect_turn`` its text is kept
+        (inside the budget; see `RetentionRun.evict`)."""
         self.turn = (start, end)
         self.prompts += 1
-
-    @contextmanager
-    def hold_turn(self) -> Iterator[None]:
-        """Forwards inside start no turn of their own: they stream a medium into the current
-        turn (text a video chunk brings, such as timestamps, does not take the protection from
-        the prompt around it), or bring a prompt whose turn the caller set with `start_turn`."""
-        self.holding_turn = True
-        try:
-            yield
-        finally:
-            self.holding_turn = False
 
     def set_incoming(
         self, modality: torch.Tensor, valid: torch.Tensor, prior: torch.Tensor | None = None
@@ -350,7 +339,7 @@ class RetentionCache(Cache):
             entries_kept=sum(map(sum, kept_by_head)),
             bytes_held=self.nbytes(),
             peak_bytes_held=self.peak_bytes,
-            bytes_full_cache=seen * batch * n_heads * self.kv_bytes_per_entry(),
+            bytes_full_cache=seen * batch * n_heads * self.bytes_per_entry(),
             kept_by_modality={m.label: int(by_modality[m]) for m in Modality},
             kept_by_layer=[sum(heads) for heads in kept_by_head],
             kept_by_head=kept_by_head,
@@ -380,7 +369,7 @@ class RetentionCache(Cache):
         self.turn, self.prompts = (0, 0), 0
         self.row_start = torch.zeros(1, dtype=torch.long)
         self.pending_tags = None
-        self.holding_turn = False
+        self.lifted_protections = set()
 
     @property
     def is_compileable(self) -> bool:

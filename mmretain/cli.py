@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .command import run_command
+from .defaults import AUTO, DEFAULT_BUDGET
 from .errors import UsageError
 
 DEFAULT_MODEL = "testbed"
@@ -39,11 +40,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MODEL,
         help="checkpoint directory or hub id (default: the embedded test-bed model)",
     )
-    parser.add_argument("--policy", default="snapkv", help="retention policy (default: snapkv)")
+    parser.add_argument(
+        "--policy",
+        default=AUTO,
+        help="retention policy (default: global when the model ships tied gates, else snapkv)",
+    )
     parser.add_argument(
         "--budget",
-        default="0.1",
-        help="KV budget: tokens (1024), a fraction of the prompt (0.1) or bytes (512MiB)",
+        default=str(DEFAULT_BUDGET),
+        help=f"KV budget: tokens (1024), a fraction of the prompt (0.1) or bytes (512MiB); "
+        f"default {DEFAULT_BUDGET}",
     )
     parser.add_argument(
         "--allocation",
@@ -51,12 +57,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
         choices=("global", "layer", "uniform"),
         help="default: the policy's own (global; uniform for trimkv)",
     )
-    parser.add_argument(
-        "--sink", type=int, default=None, help="first tokens never evicted (default 4)"
-    )
-    parser.add_argument(
-        "--recent", type=int, default=None, help="last tokens never evicted (default 32)"
-    )
+    parser.add_argument("--sink", type=int, default=0, help="first tokens protected (default 0)")
+    parser.add_argument("--recent", type=int, default=0, help="last tokens protected (default 0)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
 
 
@@ -102,13 +104,13 @@ def _peak_rss_mib() -> float:
 def _load(args):
     from .api import load
 
-    protections = {k: v for k, v in (("sink", args.sink), ("recent", args.recent)) if v is not None}
     return load(
         args.model,
         policy=args.policy,
         budget=args.budget,
         allocation=args.allocation,
-        **protections,
+        sink=args.sink,
+        recent=args.recent,
     )
 
 
@@ -122,10 +124,6 @@ def video_qa(args) -> None:
         raise UsageError("--demo makes its own video and question; drop the video and -q")
     from .testbed.video_file import write_needle_video
 
-    # The video is short: a recent window of 32 tokens would be a quarter of it, so the demo
-    # leaves the whole budget to the policy unless told otherwise.
-    args.sink = 0 if args.sink is None else args.sink
-    args.recent = 0 if args.recent is None else args.recent
     with tempfile.TemporaryDirectory() as tmp:
         info = write_needle_video(Path(tmp) / "needle.mp4", frames=64, depth=0.6, seed=1)
         if not args.json:
@@ -171,7 +169,7 @@ def _answer_video(args, expected: str | None) -> None:
                 {
                     "video": args.video,
                     "model": args.model,
-                    "policy": args.policy,
+                    "policy": vlm.run.policy.name,
                     "budget": args.budget,
                     "answers": [
                         {
@@ -189,6 +187,7 @@ def _answer_video(args, expected: str | None) -> None:
             )
         )
         return
+    print(f"policy {vlm.run.policy.name}, KV budget {vlm.config.parsed_budget}")
     for a in answers:
         print(f"Q: {a.question}\nA: {a.text}")
     if expected is not None:
@@ -234,8 +233,8 @@ def chat(args) -> None:
         s = answer.stats
         print(answer.text)
         print(
-            f"[kept {s.entries_kept:,} of {s.tokens_seen} tokens' entries, "
-            f"{s.kv_fraction:.0%} of full KV]",
+            f"[kept {sum(s.tokens_kept.values()):.1f} of {s.tokens_seen} tokens, "
+            f"{s.kv_fraction:.0%} of a full cache]",
             file=sys.stderr,
         )
 

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from .budget import ALLOCATIONS, Budget
+from .defaults import AUTO, DEFAULT_BUDGET
 from .policies import RetentionPolicy, build_policy
+
+# Where a checkpoint directory ships its tied retention gates, and the file that describes them.
+SHIPPED_GATES = Path("retention_gates") / "retention_gates.json"
+
+
+def best_shipped_policy(model: nn.Module) -> str:
+    """``"global"`` when the model's directory ships tied retention gates, else ``"snapkv"``."""
+    home = getattr(model.config, "_name_or_path", "") or ""
+    record = Path(home) / SHIPPED_GATES if home else None
+    if record is not None and record.is_file() and json.loads(record.read_text()).get("tied"):
+        return "global"
+    return "snapkv"
 
 
 @dataclass
@@ -14,29 +32,37 @@ class RetentionConfig:
     """How to score entries and how many to keep.
 
     Args:
-        policy: a registered policy name (``mmretain.policies.POLICIES``) or an instance.
+        policy: a registered policy name (``mmretain.policies.POLICIES``), an instance, or
+            ``"auto"`` (default): the learned ``global`` policy when the model's directory
+            ships tied retention gates, else ``snapkv``; resolved when the config meets a
+            model (`for_model`).
         budget: tokens (1024: the memory of a 1024-token full cache), a fraction of the prompt
             (0.1: of the prompt being prefilled, whole, from its first chunk on; of all the
             tokens seen once generation goes past it) or bytes ("512MiB").
         allocation: "global" (one ranking over every layer, head and position), "layer"
             (an equal share per layer) or "uniform" (an equal share per layer and head);
             default: the policy's preferred one (global for all but trimkv).
-        sink: first tokens never evicted. recent: last tokens never evicted.
-        protect_turn: never evict the text of the latest prompt (the current user turn).
+        sink: first tokens protected. recent: last tokens protected. Both default to 0: each
+            policy ranks every token itself (StreamingLLM's sinks are part of its score).
+        protect_turn: protect the text of the latest question (the span `Session.generate`
+            and `RetainedVLM` mark; a plain ``generate`` marks none, so its whole prompt is
+            compressed). Protections live inside the budget: when they do not fit, they are
+            lifted in the order recent window, sinks, question, with a `BudgetWarning`.
         chunk_tokens: prefill at most this many tokens per forward, evicting after each, so
             the cache peaks at budget + chunk instead of the whole prompt.
-        buffer: tokens of slack during decoding; eviction runs when the cache exceeds
-            budget + buffer and brings it back to the budget.
+        buffer: tokens of slack during decoding: when the cache passes the budget, eviction
+            brings it that far below (at most an eighth of the budget), so it evicts every few
+            steps and never holds more than the budget.
         modality_caps: optional cap per modality name ("image", "video", ...) as a fraction of
             the budget.
         policy_kwargs: options for a policy given by name.
     """
 
-    policy: str | RetentionPolicy = "snapkv"
-    budget: int | float | str = 1024
+    policy: str | RetentionPolicy = AUTO
+    budget: int | float | str = DEFAULT_BUDGET
     allocation: str | None = None
-    sink: int = 4
-    recent: int = 32
+    sink: int = 0
+    recent: int = 0
     protect_turn: bool = True
     chunk_tokens: int | None = None
     buffer: int = 16
@@ -44,10 +70,12 @@ class RetentionConfig:
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.retention_policy = build_policy(self.policy, **self.policy_kwargs)
-        if self.allocation is None:
-            self.allocation = self.retention_policy.preferred_allocation
-        if self.allocation not in ALLOCATIONS:
+        self.retention_policy: RetentionPolicy | None = None
+        if self.policy != AUTO:
+            self.retention_policy = build_policy(self.policy, **self.policy_kwargs)
+            if self.allocation is None:
+                self.allocation = self.retention_policy.preferred_allocation
+        if self.allocation is not None and self.allocation not in ALLOCATIONS:
             raise ValueError(
                 f"unknown allocation {self.allocation!r}; choose one of {', '.join(ALLOCATIONS)}"
             )
@@ -69,3 +97,14 @@ class RetentionConfig:
                 f"(sink={self.sink} + recent={self.recent}); "
                 "raise the budget or lower sink/recent"
             )
+
+    @property
+    def policy_name(self) -> str:
+        """The policy's registered name ("auto" until the config meets a model)."""
+        return self.retention_policy.name if self.retention_policy else AUTO
+
+    def for_model(self, model: nn.Module) -> RetentionConfig:
+        """This config with ``policy="auto"`` resolved for ``model`` (see `best_shipped_policy`)."""
+        if self.policy != AUTO:
+            return self
+        return dataclasses.replace(self, policy=best_shipped_policy(model))

@@ -19,6 +19,7 @@ one context, turns of a conversation). Everything is undone on exit, on every pa
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,10 +31,10 @@ from torch import nn
 from . import compat
 from .adapters import adapter_for
 from .attention import ATTENTION_NAME, CACHE_KWARG, HIDDEN_KWARG, RUN_KWARG
-from .budget import allocate
+from .budget import allocate, protection_fits
 from .cache import EMPTY, RetentionCache, RetentionLayer, RetentionStats
 from .config import RetentionConfig
-from .errors import RetentionStateError
+from .errors import BudgetWarning, RetentionStateError
 from .policies.base import LayerView, attention_probs
 from .tags import Modality, TokenTags
 from .vision_saliency import VISION_ATTENTION_NAME
@@ -52,8 +53,8 @@ class RetentionRun:
 
     def __init__(self, model: nn.Module, config: RetentionConfig):
         self.model = model
-        self.config = config
-        self.policy = config.retention_policy
+        self.config = config.for_model(model)
+        self.policy = self.config.retention_policy
         self.adapter = adapter_for(model)
         self.n_layers = self.adapter.num_layers
         self.n_heads = self.adapter.num_kv_heads
@@ -186,8 +187,17 @@ class RetentionRun:
         return args, kwargs
 
     def _fresh_cache_generate(self, generate: Callable) -> Callable:
-        def fresh_cache_generate(*args, **kwargs):
-            compat.with_cache(kwargs, self._cache_for(compat.cache_in(kwargs)))
+        def fresh_cache_generate(*args, question_tokens: int = 0, **kwargs):
+            """``generate`` on a fresh cache unless given one; ``question_tokens=N`` marks the
+            prompt's last N tokens as the question (protected), the rest being compressed."""
+            cache = self._cache_for(compat.cache_in(kwargs))
+            compat.with_cache(kwargs, cache)
+            if question_tokens:
+                prompt = kwargs.get("input_ids", args[0] if args else None)
+                if prompt is None:
+                    prompt = kwargs["inputs_embeds"]
+                total = prompt.shape[1]  # generate's input is the whole sequence, cache included
+                cache.start_turn(max(total - question_tokens, 0), total)
             self._generate_inputs = kwargs
             try:
                 return generate(*args, **kwargs)
@@ -214,9 +224,6 @@ class RetentionRun:
         cache.expect(seen + n)
         tags = cache.take_tags(b, n)
         valid = self._valid(kwargs.get("attention_mask"), b, n)
-        text = bool((tags.modality == int(Modality.TEXT)).any())
-        if n > 1 and text and not cache.holding_turn:
-            cache.start_turn(seen, seen + n)
         if seen == 0:
             cache.row_start = valid.to(torch.int8).argmax(dim=1).cpu()
         prior = self._vision_prior(tags)
@@ -349,15 +356,23 @@ class RetentionRun:
         return entries // batch if self.config.parsed_budget.kind == "bytes" else entries
 
     def maybe_evict(self, cache: RetentionCache, decoding: bool) -> None:
+        """Evict when the cache holds more than the budget.
+
+        After a prefill (or a chunk of one) the cache is brought to the budget. While decoding
+        it is brought below it, by the buffer (at most an eighth of the budget), so that it
+        fills up again for a few steps before the next eviction: the cache never holds more
+        than the budget once a step is done.
+        """
         if not self.policy.evicts or not cache.initialized_layers:
             return
         capacity = self.capacity(cache)
-        slack = self.config.buffer * self.n_layers * self.n_heads if decoding else 0
         per_row = sum(
             (p != EMPTY).sum(dim=1) for layer in cache.initialized_layers for p in layer.positions
         )
-        if int(per_row.max()) > capacity + slack:
-            self.evict(cache, capacity)
+        if int(per_row.max()) > capacity:
+            slots = self.n_layers * self.n_heads
+            slack = min(self.config.buffer * slots, capacity // 8 // slots * slots)
+            self.evict(cache, capacity - slack if decoding else capacity)
 
     def evict(self, cache: RetentionCache, capacity: int) -> None:
         """Score every entry, allocate the budget per batch row, and free what is not kept."""
@@ -383,18 +398,13 @@ class RetentionRun:
         keep_rows = []
         for r in range(flat.batch):
             positions = flat.positions[r]
-            protected = self._protected(cache, positions, flat.modality[r], r, seen)
-            row_capacity = capacity
-            if self.config.parsed_budget.kind == "fraction":
-                # A fraction of a short prefix can be less than the sinks and recent window;
-                # protected entries then stand above the fraction instead of failing.
-                row_capacity = max(capacity, int(protected.sum()))
+            protected = self._protected(cache, positions, flat.modality[r], r, seen, capacity, flat)
             keep_rows.append(
                 allocate(
                     flat.scores[r].masked_fill(positions == EMPTY, float("-inf")),
                     flat.layer,
                     flat.head,
-                    row_capacity,
+                    capacity,
                     mode=self.config.allocation,
                     n_layers=len(layers),
                     n_heads=self.n_heads,
@@ -413,14 +423,55 @@ class RetentionRun:
         modality: torch.Tensor,
         row: int,
         seen: int,
+        capacity: int,
+        flat: _Flattened,
     ) -> torch.Tensor:
+        """The entries of one batch row that are kept whatever their score.
+
+        Protections live inside the budget. When they do not all fit, they are lifted in this
+        order until the rest fits: the recent window, then the sinks, then the question; the
+        lifted entries are ranked with the others, and a `BudgetWarning` names them once.
+        """
         config = self.config
         start = int(cache.row_start[row]) if row < len(cache.row_start) else 0
-        protected = (positions < start + config.sink) | (positions >= seen - config.recent)
-        if config.protect_turn:
-            in_turn = (positions >= cache.turn[0]) & (positions < cache.turn[1])
-            protected |= in_turn & (modality == int(Modality.TEXT))
-        return protected & (positions != EMPTY)
+        filled = positions != EMPTY
+        kinds = {
+            "recent window": positions >= seen - config.recent,
+            "sinks": positions < start + config.sink,
+            "question": (positions >= cache.turn[0])
+            & (positions < cache.turn[1])
+            & (modality == int(Modality.TEXT))
+            if config.protect_turn
+            else torch.zeros_like(filled),
+        }
+        lifted = []
+        for name in [*kinds, None]:  # with every protection lifted, nothing is left to fit
+            protected = filled & torch.stack(list(kinds.values())).any(dim=0)
+            fits = protection_fits(
+                protected,
+                flat.layer,
+                flat.head,
+                capacity,
+                mode=self.config.allocation,
+                n_layers=len(cache.initialized_layers),
+                n_heads=self.n_heads,
+            )
+            if fits or name is None:
+                break
+            if bool((kinds[name] & filled).any()):
+                lifted.append(name)
+            kinds[name] = torch.zeros_like(filled)
+        if lifted and set(lifted) - cache.lifted_protections:
+            cache.lifted_protections.update(lifted)
+            warnings.warn(
+                f"the KV budget ({capacity // (self.n_layers * self.n_heads)} tokens now) cannot "
+                f"hold every protected token: the protection of the {' and '.join(lifted)} is "
+                "lifted and those tokens are ranked with the rest; raise the budget (or lower "
+                "sink/recent) to keep them",
+                BudgetWarning,
+                stacklevel=2,
+            )
+        return protected
 
     def _modality_caps(self, capacity: int) -> dict[int, int] | None:
         caps = self.config.modality_caps

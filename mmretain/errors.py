@@ -54,6 +54,10 @@ class FrameSamplingError(MediaError):
     """A frame-sampling request that cannot select frames: bad rate, cap, range or indices."""
 
 
+class BudgetWarning(UserWarning):
+    """Protections that do not fit the KV budget and were lifted, in the documented order."""
+
+
 class MediaWarning(UserWarning):
     """Media was read only in part, for example a video cut short mid-stream."""
 

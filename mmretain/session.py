@@ -138,12 +138,23 @@ class Session:
         return out.logits[:, -1]
 
     # -- generate ------------------------------------------------------------------------------
-    def generate_inputs(self, input_ids: torch.Tensor) -> dict[str, Any]:
+    def generate_inputs(
+        self, input_ids: torch.Tensor, question: tuple[int, int] | None = None
+    ) -> dict[str, Any]:
         """Keyword arguments for ``model.generate`` that continue this session with the text
         tokens ``input_ids`` [1, n]: every id seen plus the new ones, their positions (those of
-        one full forward; the cached part is sliced away by generate) and the session's cache."""
+        one full forward; the cached part is sliced off by generate) and the session's cache.
+
+        The new tokens join the prompt a fraction budget is taken of, and ``question`` (a span
+        of them; default: all) becomes the protected question; an empty span leaves the
+        question as it was.
+        """
         n = input_ids.shape[1]
         seen = self.cache.get_seq_length()
+        self.cache.expect(seen + n)
+        start, end = question or (0, n)
+        if end > start:
+            self.cache.start_turn(seen + start, seen + end)
         text = torch.full((n,), TEXT_TYPE, dtype=torch.long)
         layout = copy.copy(self.layout)
         layout.token_types = [*self.layout.token_types, text]
@@ -161,13 +172,20 @@ class Session:
         }
 
     def generate(
-        self, inputs: dict[str, torch.Tensor], generation_config: GenerationConfig | None = None
+        self,
+        inputs: dict[str, torch.Tensor],
+        generation_config: GenerationConfig | None = None,
+        question: tuple[int, int] | None = None,
     ) -> Generation:
         """Reply to the new tokens ``inputs`` with ``model.generate`` on this session's cache.
 
         ``inputs`` are a processor's output for the new tokens; media in them are prefilled
-        first, and the text after the last of them goes in with generate. The prompt counts as
-        one turn either way. ``generation_config`` defaults to the model's own.
+        first, and the text after the last of them goes in with generate.
+        ``question`` is the span [start, end) of ``inputs`` that holds the question, whose
+        text eviction protects (``protect_turn``); by default, all of ``inputs`` — so what the
+        session held before is compressed and the question kept, as kvpress splits a context
+        from its question. An empty span leaves the question as it was (one asked before a
+        streamed video). ``generation_config`` defaults to the model's own.
         Like transformers' generate, the last new token is not fed back into the cache: the
         next call brings it, as part of the conversation that follows.
         """
@@ -177,13 +195,15 @@ class Session:
         cut = self._text_tail_start(inputs)
         seen = self.cache.get_seq_length()
         self.cache.expect(seen + input_ids.shape[1])
-        self.cache.start_turn(seen, seen + input_ids.shape[1])
-        with self.cache.hold_turn():
-            if cut:
-                self.extend({k: _head(k, v, cut) for k, v in inputs.items()})
-            tail = input_ids[:, cut:]
-            before = self.cache.get_seq_length()
-            out = self.model.generate(**self.generate_inputs(tail), generation_config=config)
+        start, end = question or (0, input_ids.shape[1])
+        if end > start:
+            self.cache.start_turn(seen + start, seen + end)
+        if cut:
+            self.extend({k: _head(k, v, cut) for k, v in inputs.items()})
+        tail = input_ids[:, cut:]
+        before = self.cache.get_seq_length()
+        kwargs = self.generate_inputs(tail, question=(0, 0))  # the question is marked above
+        out = self.model.generate(**kwargs, generation_config=config)
         tokens = out.sequences[0, before + tail.shape[1] :].tolist()
         added = self.cache.get_seq_length() - before
         self.ids.extend((tail[0].tolist() + tokens)[:added])

@@ -38,11 +38,15 @@ def stream_video(
     video: media.Video,
     prefix: Sequence[int] = (),
     *,
+    question: tuple[int, int] | None = None,
     chunk_frames: int = 16,
     progress: Callable[[VideoProgress], None] | None = None,
 ) -> int:
     """Prefill the token ids ``prefix`` (the prompt's text before the video), then ``video``,
     into ``session``; returns the frames streamed.
+
+    ``question`` is the span [start, end) of ``prefix`` holding a question asked before the
+    video, whose text eviction then protects (``protect_turn``).
 
     The video's length is known from its first chunk, so a fraction budget is taken of the
     prefix and the whole video from the start (a question's tokens join when it is asked).
@@ -55,36 +59,36 @@ def stream_video(
     encoded = _encoded_chunks(adapter, processor, video, chunk_frames, total)
     first = next(encoded, None)
     video_tokens = 0 if first is None else _video_tokens(adapter, first, total)
-    cache.expect(cache.get_seq_length() + len(prefix) + video_tokens)
+    seen = cache.get_seq_length()
+    cache.expect(seen + len(prefix) + video_tokens)
+    if question is not None:
+        cache.start_turn(seen + question[0], seen + question[1])
     if prefix:
-        session.extend({"input_ids": torch.tensor([list(prefix)])})
-    # The video is one turn's content: text a chunk brings (Qwen3-VL's timestamps) must not
-    # take the protection from the prompt around it.
-    with cache.hold_turn():
-        plan: _VideoPlan | None = None
-        done = 0
-        for item in itertools.chain([] if first is None else [first], encoded):
-            if item.prompt is not None:
-                session.extend(item.prompt)
-            else:
-                if plan is None:
-                    plan = _VideoPlan.make(
-                        adapter, session, item, video_tokens, total, video.sampled_fps
-                    )
-                positions, tags = plan.take(item.embeddings.shape[0], done)
-                session.extend_embeddings(item.embeddings[None], positions, tags)
-            done += item.frames
-            if progress is not None:
-                progress(_progress(session, done, total))
-        # Chunks that went in as prompt tokens kept the session's layout themselves.
-        if plan is not None:
-            tail = adapter.video_tail_embeddings()
-            if tail.shape[0]:
-                positions, tags = plan.take(tail.shape[0], done)
-                session.extend_embeddings(tail[None].to(session.model.dtype), positions, tags)
-            plan.close(session)
-        cache.prompt_tokens = cache.get_seq_length()
-        session.run.maybe_evict(cache, decoding=False)
+        session.extend({"input_ids": torch.tensor([list(prefix)], dtype=torch.long)})
+    plan: _VideoPlan | None = None
+    done = 0
+    for item in itertools.chain([] if first is None else [first], encoded):
+        if item.prompt is not None:
+            session.extend(item.prompt)
+        else:
+            if plan is None:
+                plan = _VideoPlan.make(
+                    adapter, session, item, video_tokens, total, video.sampled_fps
+                )
+            positions, tags = plan.take(item.embeddings.shape[0], done)
+            session.extend_embeddings(item.embeddings[None], positions, tags)
+        done += item.frames
+        if progress is not None:
+            progress(_progress(session, done, total))
+    # Chunks that went in as prompt tokens kept the session's layout themselves.
+    if plan is not None:
+        tail = adapter.video_tail_embeddings()
+        if tail.shape[0]:
+            positions, tags = plan.take(tail.shape[0], done)
+            session.extend_embeddings(tail[None].to(session.model.dtype), positions, tags)
+        plan.close(session)
+    cache.prompt_tokens = cache.get_seq_length()
+    session.run.maybe_evict(cache, decoding=False)
     return done
 
 

@@ -36,7 +36,7 @@ def test_bytes_held_are_entries_times_entry_size(vlm):
     assert storage_bytes(run.cache) == stats.bytes_held
     assert (
         stats.bytes_full_cache
-        == stats.tokens_seen * run.n_layers * run.n_heads * run.cache.kv_bytes_per_entry()
+        == stats.tokens_seen * run.n_layers * run.n_heads * run.cache.bytes_per_entry()
     )
 
 
@@ -98,7 +98,7 @@ def test_a_fraction_is_of_the_whole_prompt_from_its_first_chunk(llama):
     assert kept == [20 * run.n_layers * run.n_heads] * 18
 
 
-def test_decoding_never_exceeds_budget_plus_buffer(llama):
+def test_decoding_never_exceeds_the_budget(llama):
     budget, buffer = 20, 5
     seen_entries = []
     with mmretain.retain(
@@ -112,10 +112,12 @@ def test_decoding_never_exceeds_budget_plus_buffer(llama):
         finally:
             hook.remove()
     per_token = run.n_layers * run.n_heads
-    assert max(seen_entries) <= (budget + buffer) * per_token
-    # Past budget + buffer, every buffer + 1 decode steps bring the cache back to the budget.
-    assert run.stats.evictions == (run.stats.tokens_seen - budget - 1) // (buffer + 1)
-    assert run.stats.entries_kept <= (budget + buffer) * per_token
+    assert max(seen_entries) <= budget * per_token
+    # Once the cache passes the budget it is brought below it by the buffer, capped at an
+    # eighth of the budget (2 tokens here), so it evicts every 3 steps from then on.
+    slack = min(buffer, budget // 8)
+    assert run.stats.evictions == (run.stats.tokens_seen - budget - 1) // (slack + 1) + 1
+    assert run.stats.entries_kept <= budget * per_token
 
 
 def test_tokens_kept_counts_a_token_kept_in_every_slot_once():

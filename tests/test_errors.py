@@ -53,18 +53,6 @@ def test_budget_smaller_than_protection_states_numbers(vlm):
     assert_untouched(vlm.model)
 
 
-def test_current_turn_larger_than_budget_fails_cleanly(vlm):
-    """The turn is known only once the prompt arrives: the error comes from generate."""
-    inputs = vlm.prompt([30, "image", 30])
-    with (
-        pytest.raises(ValueError, match=r"smaller than the \d+ protected entries"),
-        mmretain.retain(vlm.model, policy="snapkv", budget=24, recent=4),
-    ):
-        vlm.model.generate(**inputs, max_new_tokens=2, do_sample=False)
-    assert_untouched(vlm.model)
-    vlm.model.generate(**inputs, max_new_tokens=2, do_sample=False)  # still a working model
-
-
 def test_unknown_policy_lists_registered_names(vlm):
     with pytest.raises(UnknownPolicyError, match=r"registered policies: .*fastv.*snapkv"):
         mmretain.retain(vlm.model, policy="snapkvv", budget=64).__enter__()

@@ -25,7 +25,10 @@ def test_retain_generate_example_compares_policies():
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
     assert rows["full"][1] == "True"  # no eviction: the unmodified model's answer
     assert set(rows) >= {"full", "snapkv", "h2o", "visionzip"}
-    assert all(row[2].startswith("31/") for name, row in rows.items() if name != "full")
+    # Under a budget of 24 tokens, every policy ends at or below it (83 tokens seen).
+    kept = {name: int(row[2].split("/")[0]) for name, row in rows.items()}
+    assert kept["full"] == 83
+    assert all(0 < n <= 24 for name, n in kept.items() if name != "full")
 
 
 def test_video_qa_example_streams_a_synthetic_video(checkpoint):

@@ -84,7 +84,8 @@ def test_chunk_timestamps_do_not_start_a_turn(tmp_path):
         progress=after_chunk,
     )
     assert kept_after_chunks == [True] * 4
-    assert vlm.run.cache.prompts == 2  # the text before the video and the text after it: no chunk
+    assert vlm.run.cache.prompts == 1  # the question; no chunk's timestamps start a turn
+    assert vlm.run.cache.turn == (start, start + len(question))
 
 
 def test_a_fraction_is_of_the_whole_video_from_the_first_chunk(tmp_path):

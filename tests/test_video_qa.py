@@ -173,7 +173,10 @@ def test_cli_video_qa_table(checkpoint, video_file, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0
-    assert out.startswith(f"Q: {QUESTIONS[0]}\nA:")
+    # No gates ship with this checkpoint: the default policy is SnapKV, and the output says so.
+    assert out.startswith(
+        f"policy snapkv, KV budget 0.5 of the prompt (50%)\nQ: {QUESTIONS[0]}\nA:"
+    )
     assert "video" in out and "KV bytes held" in out
 
 
@@ -310,10 +313,11 @@ def test_a_retain_user_streams_a_video_and_calls_generate(checkpoint, video_file
     vlm = load(checkpoint, policy="snapkv", budget=24, recent=4)
     (expected,) = vlm.answer_video(video_file, QUESTIONS[0], fps=4, max_new_tokens=4)
     prefix, suffix = vlm._video_prompt(QUESTIONS[0], question_first=False)
+    question = vlm._question_span(QUESTIONS[0], question_first=False)
     with torch.inference_mode(), mmretain.retain(vlm.model, vlm.config) as run:
         session = Session(run)
         frames = stream_video(session, vlm.processor, media.Video(video_file, fps=4), prefix)
-        inputs = session.generate_inputs(torch.tensor([suffix]))
+        inputs = session.generate_inputs(torch.tensor([suffix]), question)
         out = vlm.model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert frames == 20
     assert out[0, inputs["input_ids"].shape[1] :].tolist() == expected.tokens

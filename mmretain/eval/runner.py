@@ -227,8 +227,6 @@ class Runner:
             self._picture(task, cell, vlm, sample)
         scored = task.scorer.score(answer.text, reference.answer, reference.options)
         stats = answer.stats
-        # The same cache holding every token it saw: the denominator of "KV memory %".
-        full_bytes = stats.tokens_seen * stats.slots * vlm.run.cache.bytes_per_entry()
         row = {
             "index": index,
             "id": reference.id,
@@ -240,7 +238,7 @@ class Runner:
             "tokens_kept": {k: round(v, 2) for k, v in stats.tokens_kept.items() if v},
             "kv_bytes": stats.bytes_held,
             "kv_peak_bytes": stats.peak_bytes_held,
-            "kv_full_bytes": full_bytes,
+            "kv_full_bytes": stats.bytes_full_cache,
             "seconds": round(seconds, 3),
         }
         if task.scorer.parses:

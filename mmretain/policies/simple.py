@@ -46,13 +46,15 @@ class StreamingWindow(RetentionPolicy):
     """Attention sinks plus the most recent tokens.
 
     Xiao et al., "Efficient Streaming Language Models with Attention Sinks", arXiv:2309.17453.
-    Sinks come from the engine's ``sink`` protection; the score is recency.
+    The first ``sinks`` positions outrank everything; the others rank by recency.
     """
 
     name = "streaming"
+    sinks: int = 4
 
     def score(self, view: LayerView) -> list[torch.Tensor]:
-        return [p.float() for p in view.positions]
+        top = float(view.tokens_seen + self.sinks)
+        return [torch.where(p < self.sinks, top - p, p).float() for p in view.positions]
 
 
 @register

@@ -1,0 +1,6 @@
+"""Defaults shared by `RetentionConfig`, `load()` and the command line, kept light to import."""
+
+# A quarter of the prompt: one default budget everywhere.
+DEFAULT_BUDGET = 0.25
+# The policy name that picks the best one a model ships (see `config.best_shipped_policy`).
+AUTO = "auto"

@@ -1,0 +1,108 @@
+"""The budget is a ceiling: protections live inside it, the question is what is protected, and
+the defaults pick the best policy a model ships."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from checkpoints import write_family, write_qwen2_vl, write_testbed
+from PIL import Image
+from transformers import GenerationConfig
+
+import mmretain
+from mmretain import Session
+from mmretain.api import load
+from mmretain.errors import BudgetWarning
+from mmretain.gates import RetentionGates
+
+GREEDY = GenerationConfig(max_new_tokens=4, do_sample=False)
+
+
+def slots(run) -> int:
+    return run.n_layers * run.n_heads
+
+
+@pytest.mark.parametrize("budget", [0.1, 64])
+def test_a_text_prompt_is_compressed_to_the_budget(llama, budget):
+    """A plain generate marks no question: the whole 1,000-token prompt is compressed."""
+    prompt = torch.randint(3, 100, (1, 1000), generator=torch.Generator().manual_seed(0))
+    with mmretain.retain(llama.model, budget=budget) as run:
+        llama.model.generate(prompt, max_new_tokens=8, do_sample=False)
+    stats = run.stats
+    tokens = 64 if budget == 64 else int(0.1 * stats.tokens_seen)
+    assert stats.entries_kept <= tokens * slots(run)
+    assert stats.kv_fraction <= tokens / stats.tokens_seen
+    assert stats.evictions > 0
+
+
+def test_a_question_longer_than_the_budget_lifts_its_protection_with_a_warning(llama):
+    with torch.inference_mode(), mmretain.retain(llama.model, budget=64) as run:
+        session = Session(run)
+        session.extend({"input_ids": torch.randint(3, 100, (1, 200))})
+        question = torch.randint(3, 100, (1, 300))
+        with pytest.warns(BudgetWarning, match=r"protection of the question is lifted"):
+            reply = session.generate({"input_ids": question}, GREEDY)
+    assert len(reply.tokens) == 4
+    assert session.cache.entries() <= 64 * slots(run)
+    assert session.cache.turn == (200, 500)
+
+
+def test_protections_are_lifted_recent_window_first(llama):
+    """Sinks and the question fit; the recent window does not: only it is lifted."""
+    with torch.inference_mode(), mmretain.retain(llama.model, budget=24, sink=4, recent=20) as run:
+        session = Session(run)
+        session.extend({"input_ids": torch.randint(3, 100, (1, 100))})
+        with pytest.warns(BudgetWarning, match=r"protection of the recent window is lifted"):
+            session.generate({"input_ids": torch.randint(3, 100, (1, 10))}, GREEDY)
+    for layer in session.cache.layers:
+        for positions in layer.positions:
+            kept = set(positions[0].tolist())
+            assert {0, 1, 2, 3} <= kept  # sinks
+            assert set(range(100, 110)) <= kept  # the question
+            assert len(kept) <= 24
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "shapes.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_the_chat_question_is_what_is_protected(family, tmp_path, image_file):
+    path = (
+        write_qwen2_vl(tmp_path / family)
+        if family == "qwen2_vl"
+        else write_family(family, tmp_path / family)
+    )
+    vlm = load(path, policy="knorm", budget=0.5)
+    question = "what is the colour of the shape ?"
+    image = {"type": "image", "image": str(image_file)}
+    vlm.chat([{"role": "user", "content": [image, {"type": "text", "text": question}]}], 2)
+    cache = vlm.run.cache
+    start, end = cache.turn
+    asked = vlm.tokenizer(question, add_special_tokens=False)["input_ids"]
+    assert vlm.tokenizer.decode(vlm._chat.ids[start:end]).split() == question.split()
+    assert end - start == len(asked)
+    assert cache.evictions > 0
+    for layer in cache.layers:
+        for positions in layer.positions:
+            assert set(range(start, end)) <= set(positions[0].tolist())
+    assert cache.stats.entries_kept <= int(0.5 * cache.get_seq_length()) * slots(vlm.run)
+
+
+def test_the_default_policy_is_global_when_tied_gates_ship(tmp_path):
+    bare = write_testbed(tmp_path / "bare")
+    assert load(bare).run.policy.name == "snapkv"
+    assert load(bare).config.budget == mmretain.config.DEFAULT_BUDGET
+    gated = write_testbed(tmp_path / "gated")
+    model = load(gated).model
+    RetentionGates.for_model(model, tied=False, width=8).save_pretrained(gated / "retention_gates")
+    assert load(gated).run.policy.name == "snapkv"  # untied gates cannot rank all layers together
+    RetentionGates.for_model(model, tied=True, width=8).save_pretrained(gated / "retention_gates")
+    assert load(gated).run.policy.name == "global"
+    assert load("testbed").run.policy.name == "global"
+    assert load(gated, policy="tova").run.policy.name == "tova"
