@@ -533,3 +533,15 @@ def video_file(tmp_path_factory):
         path, (rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for _ in range(20)), 4
     )
     return path
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    """A 112 x 112 random-noise PNG."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("img") / "shapes.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)).save(path)
+    return path

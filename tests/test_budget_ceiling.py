@@ -3,11 +3,9 @@ the defaults pick the best policy a model ships."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from checkpoints import write_family, write_qwen2_vl, write_testbed
-from PIL import Image
 from transformers import GenerationConfig
 
 import mmretain
@@ -61,14 +59,6 @@ def test_protections_are_lifted_recent_window_first(llama):
             assert {0, 1, 2, 3} <= kept  # sinks
             assert set(range(100, 110)) <= kept  # the question
             assert len(kept) <= 24
-
-
-@pytest.fixture(scope="module")
-def image_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("img") / "shapes.png"
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])

@@ -5,21 +5,12 @@ from __future__ import annotations
 import io
 import sys
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from mmretain import cli
 from mmretain.api import load
-
-
-@pytest.fixture(scope="module")
-def image_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("img") / "shapes.png"
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def vanilla_reply(vlm, messages, max_new_tokens):
