@@ -85,14 +85,11 @@ def run_one(args: argparse.Namespace) -> dict:
     config = mmretain.RetentionConfig(
         policy=policy,
         budget=budget if policy != "full" else 1024,  # "full" keeps everything whatever the budget
-        allocation="global",
-        sink=4,
-        recent=32,
-        protect_turn=False,  # random token ids: there is no user turn to protect
+        allocation="global",  # sink, recent and the question's protection: the defaults
         chunk_tokens=args.chunk_tokens,
     )
     with torch.inference_mode(), mmretain.retain(model, config) as run:
-        warm = prompt[:, :512]  # long enough for a 0.1 budget to cover sink + recent
+        warm = prompt[:, :512]
         out = model(input_ids=warm, **cache_kwargs(run.new_cache()), logits_to_keep=1)
         greedy_decode(model, out.logits[:, -1].argmax(dim=-1, keepdim=True), run.cache, 2)
 
@@ -176,7 +173,7 @@ def sweep(args: argparse.Namespace) -> None:
         f"Model: random-weight LlamaForCausalLM, float32, {MODEL['num_hidden_layers']} layers, "
         f"hidden {MODEL['hidden_size']}, {MODEL['num_attention_heads']} attention heads, "
         f"{MODEL['num_key_value_heads']} KV heads, head_dim {MODEL['head_dim']}. Retention: "
-        f"global allocation, sink 4, recent 32, protect_turn off, chunk_tokens "
+        f"global allocation, default protections (a plain forward marks no question), chunk_tokens "
         f"{args.chunk_tokens}, {args.decode_tokens} greedy decode tokens, batch 1."
     )
     print()

@@ -53,7 +53,7 @@ def one(family: str, count: int, budget: int, chunk_frames: int) -> dict:
         video = Path(tmp) / "long.mp4"
         write_video(video, frames(count), fps=4)
         checkpoint = write_checkpoint(family, Path(tmp) / "model")
-        vlm = load(checkpoint, policy="snapkv", budget=budget, recent=16, protect_turn=False)
+        vlm = load(checkpoint, policy="snapkv", budget=budget)
         start = time.perf_counter()
         answer = vlm.answer_video(
             video, "what colour is the video ?", fps=4, chunk_frames=chunk_frames, max_new_tokens=4

@@ -33,17 +33,18 @@ HEURISTICS = POLICIES[1:]
 NOTES = {
     "dialogue": [
         "The conversation arrives turn by turn, each earlier turn answered (and evicted from)",
-        "before the next. The latest turn's text, about a fifth of the tokens, stays protected,",
-        "so at 5 to 25% the cache holds that turn alone and every policy guesses; 50% is where",
-        "the policies differ.",
+        "before the next; the colour told in turn 1 must survive two rounds of eviction. Only",
+        "the latest question's text is protected. The budget is a fraction of the conversation",
+        "so far, so it grows turn by turn while what turn 1 left behind does not come back:",
+        "every policy stays far below the full cache up to 25%.",
         "",
     ]
 }
-# Protections off, so a small budget is spent on what each policy ranks highest; the latest
-# prompt's text stays protected (the question must survive). Prompts are prefilled 32 tokens at
-# a time with eviction after each, so an image or an earlier turn is compressed before the
-# question arrives (as a video is, chunk by chunk); one token is the whole one-word answer.
-SETTINGS = RunSettings(model="testbed", max_new_tokens=1, sink=0, recent=0, chunk_tokens=32)
+# The protections a user gets (the question's text; no sinks or recent window). Prompts are
+# prefilled 32 tokens at a time with eviction after each, so an image or an earlier turn is
+# compressed before the question arrives (as a video is, chunk by chunk); one token is the
+# whole one-word answer.
+SETTINGS = RunSettings(model="testbed", max_new_tokens=1, chunk_tokens=32)
 
 
 def training_prompt_tokens(out: Path) -> int:
@@ -163,8 +164,9 @@ def main() -> None:
         "",
         f'Model: the shipped test-bed model (`mmretain.load("{args.model}")`, '
         f"`{architecture}`). Cells: accuracy (%) on held-out samples, "
-        "then the KV bytes held as a percentage of the full cache. Protections: `sink=0`, "
-        "`recent=0`; the question stays protected. Budgets are fractions of the prompt, "
+        "then the KV bytes held as a percentage of the full cache. Protections: the defaults "
+        "(the question's text, inside the budget; no sinks or recent window). Budgets are "
+        "fractions of the prompt, "
         "fixed from each prefill's first chunk on (a dialogue's grows turn by turn). Prompts "
         "are prefilled 32 tokens at a time, evicting after each (`chunk_tokens=32`; a video 16 "
         "frames at a time), so what was dropped before the question arrived is gone when it is "

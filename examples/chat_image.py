@@ -1,8 +1,11 @@
 """Chat about an image over several turns; the KV cache carries from turn to turn.
 
-    python examples/chat_image.py [IMAGE] [--model DIR] [--budget 0.5]
+    python examples/chat_image.py [IMAGE -q QUESTION ...] [--model DIR] [--policy P] [--budget B]
 
-Without an image, draws one. Prints each reply and what the cache held after it.
+Without an image, draws a held-out test-bed image (grey shapes and one bright one) and asks
+about its bright shape, turn after turn, printing the expected answers beside the replies.
+Policy and budget default to the library's: the best policy the model ships, a quarter of the
+prompt.
 """
 
 from __future__ import annotations
@@ -11,49 +14,52 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
 import mmretain
+from mmretain.testbed.suites import make_sample
 
 
-def drawn_image(path: Path) -> Path:
-    image = Image.new("RGB", (112, 112), "white")
-    ImageDraw.Draw(image).ellipse((30, 30, 80, 80), fill="blue")
-    image.save(path)
-    return path
+def testbed_image(folder: Path) -> tuple[Path, list[str], list[str]]:
+    """A held-out image-needle picture, its questions and their answers."""
+    sample = make_sample("image-needle", 0, split="eval", question="colour")
+    path = folder / "needle.png"
+    sample.images[0].save(path)
+    asked = [(sample.messages[-1]["content"][-1]["text"], sample.answer), *sample.followups]
+    return path, [q for q, _ in asked], [a for _, a in asked]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("image", nargs="?", help="an image file (default: a drawn one)")
+    parser.add_argument("image", nargs="?", help="an image file (default: a test-bed picture)")
+    parser.add_argument("-q", "--question", action="append", dest="questions")
     parser.add_argument("--model", default="testbed", help="checkpoint directory or hub id")
-    parser.add_argument("--policy", default="snapkv")
-    parser.add_argument("--budget", default="0.5")
+    parser.add_argument("--policy", default=None, help="default: the best the model ships")
+    parser.add_argument("--budget", default=None, help="default: 0.25 of the prompt")
     args = parser.parse_args()
-    budget = float(args.budget) if "." in args.budget else args.budget
+    options = {k: v for k, v in (("policy", args.policy), ("budget", args.budget)) if v}
     with tempfile.TemporaryDirectory() as tmp:
-        image = args.image or drawn_image(Path(tmp) / "shape.png")
-        vlm = mmretain.load(args.model, policy=args.policy, budget=budget)
-        messages = [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image", "image": str(image)},
-                    {"type": "text", "text": "what shape is it ?"},
-                ],
-            },
-        ]
-        for follow_up in ("what colour is it ?", None):
+        if args.image:
+            image, questions, expected = args.image, args.questions or ["what is this ?"], []
+        else:
+            image, questions, expected = testbed_image(Path(tmp))
+        vlm = mmretain.load(args.model, **options)
+        print(f"policy {vlm.run.policy.name}, KV budget {vlm.config.parsed_budget}")
+        messages: list[dict] = []
+        for turn, question in enumerate(questions):
+            content = [{"type": "text", "text": question}]
+            if turn == 0:
+                content.insert(0, {"type": "image", "image": str(image)})
+            messages.append({"role": "user", "content": content})
             reply = vlm.chat(messages, max_new_tokens=8)
             s = reply.stats
-            print(f"> {messages[-1]['content'][-1]['text']}\n{reply.text}")
-            print(f"  [{s.tokens_seen} tokens seen, {s.kv_fraction:.0%} of a full cache kept]")
-            if follow_up is None:
-                break
-            messages += [
-                {"role": "assistant", "content": [{"type": "text", "text": reply.text}]},
-                {"role": "user", "content": [{"type": "text", "text": follow_up}]},
-            ]
+            want = f"  (expected: {expected[turn]})" if expected else ""
+            print(f"> {question}\n{reply.text}{want}")
+            print(
+                f"  [{s.tokens_seen} tokens seen, {sum(s.tokens_kept.values()):.1f} kept: "
+                f"{s.kv_fraction:.0%} of a full cache]"
+            )
+            messages.append(
+                {"role": "assistant", "content": [{"type": "text", "text": reply.text}]}
+            )
 
 
 if __name__ == "__main__":

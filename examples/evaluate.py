@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument(
         "--task", default="video-needle@128", help="a test-bed task, or BENCHMARK=LOCAL_DIR"
     )
-    parser.add_argument("--policies", default="full,snapkv,streaming")
+    parser.add_argument("--policies", default="full,global,snapkv")
     parser.add_argument("--budgets", default="0.1,0.25")
     parser.add_argument("--limit", type=int, default=20, help="samples, spread over the task")
     parser.add_argument("--out", type=Path, default=None, help="default: a temporary folder")

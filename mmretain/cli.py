@@ -212,7 +212,11 @@ def chat(args) -> None:
     vlm = _load(args)
     messages: list[dict] = []
     first = True
-    print("Type a message; /reset starts over, /quit leaves.", file=sys.stderr)
+    print(
+        f"policy {vlm.run.policy.name}, KV budget {vlm.config.parsed_budget}. "
+        "Type a message; /reset starts over, /quit leaves.",
+        file=sys.stderr,
+    )
     for line in sys.stdin:
         text = line.strip()
         if text == "/quit":

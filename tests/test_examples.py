@@ -31,15 +31,36 @@ def test_retain_generate_example_compares_policies():
     assert all(0 < n <= 24 for name, n in kept.items() if name != "full")
 
 
-def test_video_qa_example_streams_a_synthetic_video(checkpoint):
-    out = run_example("video_qa.py", "--model", checkpoint, "--budget", "0.2")
-    assert out.count("Q: ") == 2 and out.count("A: ") == 2
-    assert "32 frames" in out and "'video':" in out
+def test_video_qa_example_streams_a_needle_video(checkpoint):
+    out = run_example("video_qa.py", "--model", checkpoint, "--frames", "16")
+    assert out.startswith("policy snapkv, KV budget 0.25 of the prompt (25%)\n")
+    assert out.count("Q: ") == 2 and out.count("(expected: ") == 2
+    assert "16 frames" in out and "'video':" in out
 
 
-def test_chat_image_example_runs_two_turns(checkpoint):
+def test_video_qa_example_answers_right_on_the_testbed_model():
+    out = run_example("video_qa.py")
+    assert out.startswith("policy global, KV budget 0.25 of the prompt (25%)\n")
+    for line in out.splitlines():
+        if line.startswith("A: "):
+            answer, expected = line[3:].split("  (expected: ")
+            assert answer == expected.rstrip(")")
+    assert "128 frames" in out
+
+
+def test_chat_image_example_answers_right_on_the_testbed_model():
+    out = run_example("chat_image.py")
+    assert out.startswith("policy global, KV budget 0.25 of the prompt (25%)\n")
+    replies = [line for line in out.splitlines() if "(expected: " in line]
+    assert len(replies) == 3
+    for line in replies:
+        answer, expected = line.split("  (expected: ")
+        assert answer == expected.rstrip(")")
+
+
+def test_chat_image_example_runs_on_a_checkpoint(checkpoint):
     out = run_example("chat_image.py", "--model", checkpoint)
-    assert out.count("tokens seen") == 2
+    assert out.count("tokens seen") == 3
 
 
 def test_train_gates_example_trains_and_compares_policies(tmp_path):

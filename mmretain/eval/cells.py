@@ -25,8 +25,8 @@ class RunSettings:
     chunk_frames: int = 16
     max_new_tokens: int | None = None  # None: each task's own
     allocation: str | None = None
-    sink: int = 4
-    recent: int = 32
+    sink: int = 0
+    recent: int = 0
     # Prefill at most this many tokens per forward, evicting after each: the answer then comes
     # from what the budget kept, not from a prefill that saw everything.
     chunk_tokens: int | None = None
@@ -35,6 +35,9 @@ class RunSettings:
     # seen so far (folders without this field) are not resumed into a run where it means the
     # whole prompt.
     fraction_of: str = "prompt"
+    # How the budget binds. "ceiling": protections live inside it and decoding never passes it;
+    # folders made before (without this field) are not resumed into such a run.
+    budget_rule: str = "ceiling"
 
     @property
     def media(self) -> MediaSettings:

@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-new-tokens", type=int, default=None, help="default: each task's own (lmms-eval's)"
     )
     parser.add_argument("--allocation", choices=("global", "layer", "uniform"), default=None)
-    parser.add_argument("--sink", type=int, default=4, help="first tokens never evicted")
-    parser.add_argument("--recent", type=int, default=32, help="last tokens never evicted")
+    parser.add_argument("--sink", type=int, default=0, help="first tokens protected (default 0)")
+    parser.add_argument("--recent", type=int, default=0, help="last tokens protected (default 0)")
     parser.add_argument(
         "--chunk-tokens",
         type=int,
