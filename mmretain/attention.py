@@ -60,29 +60,61 @@ def retention_attention(
     group = n_query_heads // n_kv
     query_positions = torch.arange(layer.seen - q, layer.seen, device=query.device)
     run.on_new_entries(layer, module.layer_idx, kwargs.get(HIDDEN_KWARG), key)
-    outputs = []
-    for h in range(n_kv):
-        keys = layer.keys_by_head[h][:, None]
-        values = layer.values_by_head[h][:, None]
-        q_h = query[:, h * group : (h + 1) * group]
-        blocks = []
-        for start in range(0, q, QUERY_BLOCK):
-            rows = slice(start, min(q, start + QUERY_BLOCK))
-            mask = causal_allowed(layer.positions[h], query_positions[rows])[:, None]
-            blocks.append(
-                F.scaled_dot_product_attention(
-                    q_h[:, :, rows],
-                    keys,
-                    values,
-                    attn_mask=mask,
-                    dropout_p=dropout,
-                    scale=scaling,
-                    enable_gqa=True,
+    if layer.seen == q and bool((layer.positions[0] != EMPTY).all()):
+        # The cache held nothing before this call and no token is padding: every head holds
+        # exactly the new keys in order, so the fused causal kernel is exact.
+        out = F.scaled_dot_product_attention(
+            query, key, value, is_causal=q > 1, dropout_p=dropout, scale=scaling, enable_gqa=True
+        )
+    else:
+        out = torch.cat(
+            [
+                _attend_head(
+                    layer,
+                    h,
+                    query[:, h * group : (h + 1) * group],
+                    query_positions,
+                    dropout,
+                    scaling,
                 )
-            )
-        outputs.append(torch.cat(blocks, dim=2))
+                for h in range(n_kv)
+            ],
+            dim=1,
+        )
     run.on_attention(layer, module.layer_idx, query, query_positions, scaling)
-    return torch.cat(outputs, dim=1).transpose(1, 2).contiguous(), None
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _attend_head(
+    layer, h: int, query: torch.Tensor, query_positions: torch.Tensor, dropout: float, scaling
+) -> torch.Tensor:
+    """KV head ``h``'s query group [b, g, q, d] over the head's stored entries."""
+    keys = layer.keys_by_head[h][:, None]
+    values = layer.values_by_head[h][:, None]
+    q = query.shape[2]
+    if q == 1:
+        # Every stored entry precedes a decoded token: only empty slots need masking.
+        filled = layer.positions[h] != EMPTY
+        mask = None if bool(filled.all()) else filled[:, None, None, :]
+        return F.scaled_dot_product_attention(
+            query, keys, values, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=True
+        )
+    blocks = []
+    for start in range(0, q, QUERY_BLOCK):
+        rows = slice(start, min(q, start + QUERY_BLOCK))
+        mask = causal_allowed(layer.positions[h], query_positions[rows])[:, None]
+        blocks.append(
+            F.scaled_dot_product_attention(
+                query[:, :, rows],
+                keys,
+                values,
+                attn_mask=mask,
+                dropout_p=dropout,
+                scale=scaling,
+                enable_gqa=True,
+            )
+        )
+    return torch.cat(blocks, dim=2)
 
 
 AttentionInterface.register(ATTENTION_NAME, retention_attention)

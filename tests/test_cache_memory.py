@@ -108,7 +108,9 @@ def test_decoding_never_exceeds_the_budget(llama):
             lambda *a: seen_entries.append(run.cache.entries())
         )
         try:
-            llama.model.generate(llama.text(10)[None], max_new_tokens=40, do_sample=False)
+            llama.model.generate(
+                llama.text(10)[None], min_new_tokens=40, max_new_tokens=40, do_sample=False
+            )
         finally:
             hook.remove()
     per_token = run.n_layers * run.n_heads
