@@ -94,6 +94,8 @@ class RetentionLayer(DynamicLayer):
         self.state: list[torch.Tensor] = []
         self.modality: list[torch.Tensor] = []
         self.new_tokens = 0  # length of the latest update, so the attention function finds them
+        # nbytes(), kept up to date at every update and eviction: the peak is read per update.
+        self.held_bytes = 0
         # The latest post-RoPE queries [b, heads, W, d] and their positions [W], for policies
         # that score with an observation window (SnapKV); and the layer's attention scale.
         self.window: torch.Tensor | None = None
@@ -140,6 +142,12 @@ class RetentionLayer(DynamicLayer):
             self.modality[h] = torch.cat([self.modality[h], incoming.modality], dim=1)
         self.seen += q
         self.new_tokens = q
+        entry = (
+            key_states.shape[-1] * key_states.element_size()
+            + value_states.shape[-1] * value_states.element_size()
+            + METADATA_BYTES_PER_ENTRY
+        )
+        self.held_bytes += b * n_heads * q * entry
         self.owner.note_growth()
         return key_states, value_states
 
@@ -156,6 +164,7 @@ class RetentionLayer(DynamicLayer):
         return sum(int((p != EMPTY).sum()) for p in self.positions)
 
     def nbytes(self) -> int:
+        """Bytes of every tensor the layer holds, counted from their sizes."""
         tensors = (
             self.keys_by_head,
             self.values_by_head,
@@ -164,6 +173,11 @@ class RetentionLayer(DynamicLayer):
             self.modality,
         )
         return sum(t.numel() * t.element_size() for group in tensors for t in group)
+
+    def stored(self) -> int:
+        """Slots held per batch row, summed over heads (empty slots of a padded row included):
+        an upper bound on any row's entries, read from sizes alone."""
+        return sum(p.shape[1] for p in self.positions)
 
     # -- eviction ------------------------------------------------------------------------------
     def keep(self, masks: list[torch.Tensor]) -> None:
@@ -195,6 +209,7 @@ class RetentionLayer(DynamicLayer):
         self.positions[h] = fn(self.positions[h]).contiguous()
         self.state[h] = fn(self.state[h]).contiguous()
         self.modality[h] = fn(self.modality[h]).contiguous()
+        self.held_bytes = self.nbytes()
 
     def reset(self) -> None:
         self.seen = 0
@@ -203,6 +218,7 @@ class RetentionLayer(DynamicLayer):
         self.scaling = 1.0
         self.keys_by_head, self.values_by_head = [], []
         self.positions, self.state, self.modality = [], [], []
+        self.held_bytes = 0
         self.is_initialized = False
 
     def crop(self, tokens_to_remove: int) -> None:
@@ -295,7 +311,7 @@ class RetentionCache(Cache):
         self.prompt_tokens = max(self.prompt_tokens, tokens)
 
     def note_growth(self) -> None:
-        self.peak_bytes = max(self.peak_bytes, self.nbytes())
+        self.peak_bytes = max(self.peak_bytes, sum(layer.held_bytes for layer in self.layers))
 
     # -- reads ---------------------------------------------------------------------------------
     @property
