@@ -14,7 +14,16 @@ prompt of random token ids and, inside ``mmretain.retain()``:
 
 A short untimed warm-up on a throwaway cache runs first. Cache statistics are read after the
 decode loop. The parent prints one markdown table row per run on stdout, progress on stderr.
-The "full" policy never evicts, so it runs once per length and its budget is shown as "-".
+The "full" policy never evicts, so it runs once per length, without chunks, and its budget is
+shown as "-".
+
+Against the stock model (``sdpa`` attention, transformers' ``DynamicCache``, no ``retain()``),
+measured in the same run:
+
+- "prefill vs stock": the row's prefill time over the stock model's one-call prefill of the
+  same prompt (measured once per length, in the "full" row's process);
+- "decode vs stock": the row's time per decoded token over the stock model's, decoding from a
+  cache that holds as many tokens as the row's cache keeps (the same number of entries).
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ COLUMNS = (
     "peak held (MiB)",
     "prefill s",
     "decode tok/s",
+    "prefill vs stock",
+    "decode vs stock",
     "peak RSS (MiB)",
 )
 MODEL = {
@@ -71,6 +82,29 @@ def greedy_decode(model, token, cache, steps: int) -> None:
         token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
 
 
+def stock_decode_s(model, tokens: int, steps: int, vocab: int) -> float:
+    """Seconds per token of the stock model decoding from a cache of ``tokens`` tokens."""
+    import torch
+    from transformers import DynamicCache
+
+    prompt = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(7))
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=prompt, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
+    start = time.perf_counter()
+    greedy_decode(model, out.logits[:, -1].argmax(dim=-1, keepdim=True), cache, steps)
+    return (time.perf_counter() - start) / steps
+
+
+def stock_prefill_s(model, prompt) -> float:
+    """Seconds of the stock model's one-call prefill of ``prompt``."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    start = time.perf_counter()
+    model(input_ids=prompt, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
+    return time.perf_counter() - start
+
+
 def run_one(args: argparse.Namespace) -> dict:
     """One (length, policy, budget) measurement in this process; returns the row's numbers."""
     import torch
@@ -86,7 +120,8 @@ def run_one(args: argparse.Namespace) -> dict:
         policy=policy,
         budget=budget if policy != "full" else 1024,  # "full" keeps everything whatever the budget
         allocation="global",  # sink, recent and the question's protection: the defaults
-        chunk_tokens=args.chunk_tokens,
+        # "full" is the overhead row: one call, like the stock prefill it is compared with.
+        chunk_tokens=args.chunk_tokens if policy != "full" else None,
     )
     with torch.inference_mode(), mmretain.retain(model, config) as run:
         warm = prompt[:, :512]
@@ -105,6 +140,12 @@ def run_one(args: argparse.Namespace) -> dict:
 
         stats = cache.stats
         kv_per_entry = cache.kv_bytes_per_entry()
+    with torch.inference_mode():
+        kept_tokens = stats.entries_kept // (
+            MODEL["num_hidden_layers"] * MODEL["num_key_value_heads"]
+        )
+        stock_decode = stock_decode_s(model, kept_tokens, args.decode_tokens, MODEL["vocab_size"])
+        stock_prefill = stock_prefill_s(model, prompt) if policy == "full" else None
     # ru_maxrss is in KiB on Linux and in bytes on macOS.
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rss_bytes = rss if sys.platform == "darwin" else rss * 1024
@@ -121,13 +162,16 @@ def run_one(args: argparse.Namespace) -> dict:
         "evictions": stats.evictions,
         "prefill_s": prefill_s,
         "decode_tok_s": args.decode_tokens / decode_s if decode_s > 0 else float("inf"),
+        "decode_vs_stock": decode_s / args.decode_tokens / stock_decode,
+        "stock_prefill_s": stock_prefill,
         "max_rss_bytes": rss_bytes,
         "load_average": os.getloadavg()[0],
     }
 
 
-def format_row(r: dict) -> str:
+def format_row(r: dict, stock_prefill: float | None) -> str:
     minimum = r["entries_kept"] * r["kv_bytes_per_entry"]
+    prefill_ratio = f"{r['prefill_s'] / stock_prefill:.2f}" if stock_prefill else ""
     cells = (
         f"{r['length'] // 1024}K" if r["length"] % 1024 == 0 else str(r["length"]),
         r["policy"],
@@ -137,6 +181,8 @@ def format_row(r: dict) -> str:
         f"{r['peak_bytes_held'] / MIB:.1f}",
         f"{r['prefill_s']:.1f}",
         f"{r['decode_tok_s']:.1f}",
+        prefill_ratio,
+        f"{r['decode_vs_stock']:.2f}",
         f"{r['max_rss_bytes'] / MIB:.0f}",
     )
     return "| " + " | ".join(cells) + " |"
@@ -182,6 +228,7 @@ def sweep(args: argparse.Namespace) -> None:
     sys.stdout.flush()
     began = time.perf_counter()
     loads = []
+    stock_prefill: dict[int, float] = {}  # per length, from its "full" row (planned first)
     for i, (length, policy, budget) in enumerate(rows, 1):
         print(f"[{i}/{len(rows)}] {length} {policy} {budget} ...", file=sys.stderr, flush=True)
         command = [
@@ -205,7 +252,9 @@ def sweep(args: argparse.Namespace) -> None:
             continue
         result = json.loads(child.stdout.strip().splitlines()[-1])
         loads.append(result["load_average"])
-        print(format_row(result), flush=True)
+        if result["stock_prefill_s"] is not None:
+            stock_prefill[length] = result["stock_prefill_s"]
+        print(format_row(result, stock_prefill.get(length)), flush=True)
         print(
             f"    prefill {result['prefill_s']:.1f}s, decode {result['decode_tok_s']:.1f} tok/s, "
             f"{result['evictions']} evictions, load {result['load_average']:.1f}, "
