@@ -93,12 +93,20 @@ def _attend_head(
     values = layer.values_by_head[h][:, None]
     q = query.shape[2]
     if q == 1:
-        # Every stored entry precedes a decoded token: only empty slots need masking.
+        # Every stored entry precedes a decoded token: only empty slots need masking, the same
+        # for the whole query group, whose heads then go in as one head's queries (no GQA path).
         filled = layer.positions[h] != EMPTY
         mask = None if bool(filled.all()) else filled[:, None, None, :]
-        return F.scaled_dot_product_attention(
-            query, keys, values, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=True
+        b, g, _, d = query.shape
+        out = F.scaled_dot_product_attention(
+            query.reshape(b, 1, g, d),
+            keys,
+            values,
+            attn_mask=mask,
+            dropout_p=dropout,
+            scale=scaling,
         )
+        return out.reshape(b, g, 1, -1)
     blocks = []
     for start in range(0, q, QUERY_BLOCK):
         rows = slice(start, min(q, start + QUERY_BLOCK))
