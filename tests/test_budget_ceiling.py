@@ -96,3 +96,12 @@ def test_the_default_policy_is_global_when_tied_gates_ship(tmp_path):
     assert load(gated).run.policy.name == "global"
     assert load("testbed").run.policy.name == "global"
     assert load(gated, policy="tova").run.policy.name == "tova"
+
+
+def test_streaming_keeps_its_sinks_and_the_latest_tokens(llama):
+    """StreamingLLM's sinks are part of its score, with no sink protection configured."""
+    with mmretain.retain(llama.model, policy="streaming", budget=12) as run:
+        llama.model(torch.randint(3, 100, (1, 60)))
+    for layer in run.cache.layers:
+        for positions in layer.positions:
+            assert sorted(positions[0].tolist()) == [0, 1, 2, 3, *range(52, 60)]
