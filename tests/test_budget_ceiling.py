@@ -105,3 +105,14 @@ def test_streaming_keeps_its_sinks_and_the_latest_tokens(llama):
     for layer in run.cache.layers:
         for positions in layer.positions:
             assert sorted(positions[0].tolist()) == [0, 1, 2, 3, *range(52, 60)]
+
+
+def test_generate_keeps_the_question_it_is_told_of(llama):
+    """``question_tokens=N``: the context is compressed, the prompt's last N tokens are kept."""
+    prompt = torch.randint(3, 100, (1, 80), generator=torch.Generator().manual_seed(3))
+    with mmretain.retain(llama.model, policy="knorm", budget=16) as run:
+        llama.model.generate(prompt, max_new_tokens=3, do_sample=False, question_tokens=10)
+    assert run.cache.turn == (70, 80)
+    for layer in run.cache.layers:
+        for positions in layer.positions:
+            assert set(range(70, 80)) <= set(positions[0].tolist())

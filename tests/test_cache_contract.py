@@ -164,3 +164,11 @@ def test_a_question_is_answered_alike_after_another(checkpoint, video_file, poli
     assert both[1].tokens == alone[0].tokens
     assert len(alone[0].tokens) > 1 and vlm.run.cache.evictions > 0
     assert_same_cache(after_q1, vlm.run.cache)
+
+
+def test_load_follows_from_pretrained_device_map_and_dtype(checkpoint):
+    vlm = load(checkpoint)
+    assert vlm.model.dtype == torch.float32  # "auto": as the checkpoint was saved
+    assert vlm.model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    half = load(checkpoint, dtype="bfloat16", device_map="cpu")
+    assert half.model.dtype == torch.bfloat16 and half.model.device.type == "cpu"
