@@ -59,7 +59,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--sink", type=int, default=0, help="first tokens protected (default 0)")
     parser.add_argument("--recent", type=int, default=0, help="last tokens protected (default 0)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="longest reply (default 64)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,16 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     video = commands.add_parser("video-qa", help="answer questions about a video")
     video.add_argument("video", nargs="?", help="path to a video file")
-    video.add_argument("-q", "--question", action="append", dest="questions")
+    video.add_argument(
+        "-q", "--question", action="append", dest="questions", help="a question (repeatable)"
+    )
     video.add_argument(
         "--demo",
         action="store_true",
         help="write a test-bed needle video (64 frames) and answer its question",
     )
     _common(video)
-    video.add_argument("--fps", type=float, default=1.0, help="frames sampled per second")
-    video.add_argument("--max-frames", type=int, default=None)
-    video.add_argument("--chunk-frames", type=int, default=16, help="frames prefilled per chunk")
+    video.add_argument(
+        "--fps", type=float, default=1.0, help="frames sampled per second (default 1)"
+    )
+    video.add_argument(
+        "--max-frames", type=int, default=None, help="most frames to read (default all)"
+    )
+    video.add_argument("--chunk-frames", type=int, default=16, help="frames per chunk (default 16)")
     video.add_argument("--start", type=float, default=None, help="seconds")
     video.add_argument("--end", type=float, default=None, help="seconds")
     video.add_argument(
@@ -99,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _check_counts(args, *names: str) -> None:
+    """Counts that must be at least 1, checked before anything loads."""
+    for name in names:
+        value = getattr(args, name)
+        if value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} must be at least 1, got {value}")
 
 
 def _load(args):
@@ -140,7 +155,8 @@ def _answer_video(args, expected: str | None) -> None:
 
     from .media import Video
 
-    # Check the video before loading a model: bad input fails in a moment.
+    # Check the arguments and the video before loading a model: bad input fails in a moment.
+    _check_counts(args, "max_new_tokens", "chunk_frames")
     video = Video(
         args.video, fps=args.fps, max_frames=args.max_frames, start=args.start, end=args.end
     )
@@ -208,6 +224,7 @@ def _answer_video(args, expected: str | None) -> None:
 def chat(args) -> None:
     from .media import load_image
 
+    _check_counts(args, "max_new_tokens")
     load_image(args.image)  # a bad image fails before the model loads
     vlm = _load(args)
     messages: list[dict] = []
@@ -224,6 +241,7 @@ def chat(args) -> None:
         if text == "/reset":
             vlm.reset()
             messages, first = [], True
+            print("(conversation reset; the image is asked about afresh)", file=sys.stderr)
             continue
         if not text:
             continue

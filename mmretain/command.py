@@ -35,6 +35,9 @@ def run_command(
     except errors as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130  # the shell's code for a command ended by Ctrl-C
     finally:
         warnings.showwarning = shown
     return 0

@@ -80,3 +80,21 @@ def test_cli_chat_bad_image_exits_2(checkpoint, tmp_path, capsys, content):
     code = cli.main(["chat", "--image", str(path), "--model", str(checkpoint)])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("mmretain: error:") and err.count("\n") == 1
+
+
+def test_cli_chat_ctrl_c_is_one_line(checkpoint, image_file, monkeypatch, capsys):
+    class Interrupted(io.StringIO):
+        def __iter__(self):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "stdin", Interrupted())
+    code = cli.main(["chat", "--image", str(image_file), "--model", str(checkpoint)])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert err.splitlines()[-1] == "mmretain: interrupted" and "Traceback" not in err
+
+
+def test_cli_chat_reset_says_so(checkpoint, image_file, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("what shape is it ?\n/reset\n/quit\n"))
+    assert cli.main(["chat", "--image", str(image_file), "--model", str(checkpoint)]) == 0
+    assert "(conversation reset" in capsys.readouterr().err

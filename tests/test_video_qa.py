@@ -188,6 +188,10 @@ def test_cli_video_qa_table(checkpoint, video_file, capsys):
         (["--max-frames", "0"], "max_frames"),
         (["--budget", "-3"], "budget"),
         (["--policy", "nope"], "registered policies"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+        (["--max-new-tokens", "-1"], "--max-new-tokens must be at least 1"),
+        (["--chunk-frames", "0"], "--chunk-frames must be at least 1"),
+        (["--chunk-frames", "-4"], "--chunk-frames must be at least 1"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(checkpoint, video_file, capsys, args, message):
