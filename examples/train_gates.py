@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 
 import mmretain
+from mmretain.api import load_model
 from mmretain.eval.testbed_tasks import testbed_tasks
 from mmretain.gates import train_gates
-from mmretain.gates.cli import load_model
 from mmretain.testbed import model_path, training_batches
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,6 +311,63 @@ def _contents(messages: Messages, kind: str) -> list[dict[str, Any]]:
     ]
 
 
+def checkpoint_location(name: str | Path) -> tuple[str, bool]:
+    """Where a checkpoint loads from, and whether that is a local directory.
+
+    "testbed" and "testbed-llava" name the tiny models shipped with mmretain. A name that
+    reads as a path (absolute, or starting with "." or "~") must be an existing directory.
+    """
+    path = str(name)
+    if path.startswith("testbed") and not Path(path).exists():
+        from .testbed import model_path  # the shipped test-bed checkpoints, by name
+
+        path = str(model_path(path))
+    directory = Path(path).expanduser()
+    if directory.is_dir():
+        return str(directory), True
+    if directory.is_absolute() or path.startswith((".", "~")) or directory.exists():
+        raise ModelLoadError(
+            f"no model directory at {path!r}; give a directory written by save_pretrained, or a "
+            "hub id such as Qwen/Qwen2-VL-2B-Instruct"
+        )
+    return path, False
+
+
+@contextmanager
+def _load_errors(path: str) -> Iterator[None]:
+    """transformers' loading errors as one `ModelLoadError` naming the fix."""
+    try:
+        yield
+    except OSError as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelLoadError(
+            f"cannot load a model from {path!r} ({reason}); "
+            "give a local directory written by save_pretrained (safetensors) or a reachable hub id"
+        ) from error
+
+
+def load_model(
+    name: str | Path,
+    *,
+    device_map: str | dict[str, Any] | None = None,
+    dtype: torch.dtype | str = "auto",
+) -> torch.nn.Module:
+    """A checkpoint's model, from safetensors only: image-text-to-text when the family has
+    one, else a causal LM. ``device_map`` (default: none, so the CPU) and ``dtype`` (default
+    "auto": the checkpoint's) are those of ``from_pretrained``."""
+    path, local = checkpoint_location(name)
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    kwargs: dict[str, Any] = {"use_safetensors": True, "device_map": device_map, "dtype": dtype}
+    if local:
+        kwargs["local_files_only"] = True
+    with _load_errors(path):
+        try:
+            return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        except ValueError:
+            return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
 def load(
     path_or_hub_id: str | Path,
     policy: Any = AUTO,
@@ -330,31 +387,12 @@ def load(
     ``options`` are further `RetentionConfig` fields (allocation, sink, recent, chunk_tokens, ...).
     """
     config = RetentionConfig(policy=policy, budget=budget, **options)
-    path = str(path_or_hub_id)
-    if path.startswith("testbed") and not Path(path).exists():
-        from .testbed import model_path  # the shipped test-bed checkpoints, by name
-
-        path = str(model_path(path))
-    local = Path(path).is_dir()
-    if device_map is None:
-        device_map = "cuda:0" if torch.cuda.is_available() else "cpu"
-    if isinstance(dtype, str) and dtype != "auto":
-        dtype = getattr(torch, dtype)
-    kwargs: dict[str, Any] = {"use_safetensors": True, "device_map": device_map, "dtype": dtype}
-    if local:
-        kwargs["local_files_only"] = True
-    try:
+    path, local = checkpoint_location(path_or_hub_id)
+    with _load_errors(path):
         processor = AutoProcessor.from_pretrained(
             path, **({"local_files_only": True} if local else {})
         )
-        try:
-            model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-        except ValueError:
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ModelLoadError(
-            f"cannot load a model from {path!r} ({reason}); "
-            "give a local directory written by save_pretrained (safetensors) or a reachable hub id"
-        ) from error
+    if device_map is None:
+        device_map = "cuda:0" if torch.cuda.is_available() else "cpu"
+    model = load_model(path, device_map=device_map, dtype=dtype)
     return RetainedVLM(model, processor, config)

@@ -77,3 +77,14 @@ def test_cache_outside_retain_refuses(llama):
         cache = run.new_cache()
     with pytest.raises(mmretain.MMRetainError, match=r"inside `with mmretain\.retain"):
         llama.model(input_ids=torch.tensor([[5, 6, 7]]), **cache_kwargs(cache))
+
+
+def test_a_missing_model_directory_is_named(tmp_path, image_file, capsys):
+    from mmretain import cli
+    from mmretain.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=r"no model directory at .*absent"):
+        mmretain.load(tmp_path / "absent")
+    code = cli.main(["chat", "--image", str(image_file), "--model", str(tmp_path / "absent")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "no model directory at" in err

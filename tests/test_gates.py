@@ -344,3 +344,17 @@ def test_global_under_a_tight_budget_streams_in_chunks_and_decodes(vlm):
     per_position = run.n_layers * run.n_heads
     assert run.stats.peak_bytes_held <= run.stats.bytes_full_cache
     assert run.stats.entries_kept <= (40 + 4) * per_position
+
+
+def test_cli_trains_on_the_shipped_testbed_model_by_name(tmp_path, capsys):
+    """``--model testbed`` is the shipped model, found offline as load() finds it."""
+    args = ["--model", "testbed", "--data", "testbed", "--budget", "16", "--width", str(WIDTH)]
+    assert train_gates_cli([*args, "--steps", "1", "--out", str(tmp_path / "gates")]) == 0
+    assert (tmp_path / "gates" / "retention_gates.safetensors").is_file()
+
+
+def test_cli_names_a_missing_model_directory(tmp_path, capsys):
+    args = ["--model", str(tmp_path / "absent"), "--data", "testbed", "--budget", "8"]
+    assert train_gates_cli([*args, "--steps", "1", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "error: no model directory at" in err and len(err.splitlines()) == 1

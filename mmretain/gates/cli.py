@@ -20,9 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
+from ..api import checkpoint_location, load_model
 from ..command import USER_ERRORS, run_command
 from .data import BatchDirectory, testbed_batches
 from .train import train_gates
@@ -64,13 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_model(name: str) -> nn.Module:
-    """A multimodal model as image-text-to-text, anything else as a causal LM, in its dtype."""
-    config = AutoConfig.from_pretrained(name)
-    auto = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
-    return auto.from_pretrained(name, dtype="auto")
-
-
 def training_data(data: str, model: str) -> Iterable[dict[str, torch.Tensor]]:
     return testbed_batches(model) if data == "testbed" else BatchDirectory(data)
 
@@ -83,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace, argv: list[str]) -> None:
     start = time.perf_counter()
-    batches = training_data(args.data, args.model)  # bad data fails before the model loads
+    model, _ = checkpoint_location(args.model)  # "testbed" names the shipped model
+    batches = training_data(args.data, model)  # bad data fails before the model loads
     train_gates(
-        load_model(args.model),
+        load_model(model),
         batches,
         budget=args.budget,
         tied=args.tied,
