@@ -7,7 +7,7 @@ import json
 import resource
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -234,7 +234,7 @@ def chat(args) -> None:
         "Type a message; /reset starts over, /quit leaves.",
         file=sys.stderr,
     )
-    for line in sys.stdin:
+    for line in _lines(sys.stdin):
         text = line.strip()
         if text == "/quit":
             break
@@ -259,6 +259,17 @@ def chat(args) -> None:
             f"{s.kv_fraction:.0%} of a full cache]",
             file=sys.stderr,
         )
+
+
+def _lines(stream) -> Iterator[str]:
+    """Lines typed at a terminal, each after a "> " prompt; lines of a pipe as they come."""
+    while True:
+        if stream.isatty():
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = stream.readline()
+        if not line:
+            return
+        yield line
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -84,7 +84,7 @@ def test_cli_chat_bad_image_exits_2(checkpoint, tmp_path, capsys, content):
 
 def test_cli_chat_ctrl_c_is_one_line(checkpoint, image_file, monkeypatch, capsys):
     class Interrupted(io.StringIO):
-        def __iter__(self):
+        def readline(self, *args):
             raise KeyboardInterrupt
 
     monkeypatch.setattr(sys, "stdin", Interrupted())
@@ -98,3 +98,13 @@ def test_cli_chat_reset_says_so(checkpoint, image_file, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("what shape is it ?\n/reset\n/quit\n"))
     assert cli.main(["chat", "--image", str(image_file), "--model", str(checkpoint)]) == 0
     assert "(conversation reset" in capsys.readouterr().err
+
+
+def test_cli_chat_prompts_at_a_terminal(checkpoint, image_file, monkeypatch, capsys):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal("/quit\n"))
+    assert cli.main(["chat", "--image", str(image_file), "--model", str(checkpoint)]) == 0
+    assert capsys.readouterr().err.endswith("> ")

@@ -89,3 +89,11 @@ def test_shipped_gates_load_with_no_flag(shipped, policy):
     (answer,) = vlm.answer_video(FrameArray(sample.videos[0]), question, max_new_tokens=1)
     assert answer.text.strip() == sample.answer
     assert vlm.run.policy._gates is not None
+
+
+@pytest.mark.parametrize("frames", ["0", "-5"])
+def test_make_video_refuses_fewer_than_one_frame(tmp_path, capsys, frames):
+    assert main(["make-video", str(tmp_path / "needle.mp4"), "--frames", frames]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"at least 1 of its frames; got {frames}" in err
+    assert not (tmp_path / "needle.mp4").exists()

@@ -56,12 +56,15 @@ def make_sample(
     spec = SUITES[suite]
     if question is not None and question not in spec.questions:
         raise SuiteArgumentError(f"{suite} asks {', '.join(spec.questions)}, not {question!r}")
+    if length is not None and length < 1:
+        unit = "frames" if spec.is_video else "cells"
+        raise SuiteArgumentError(f"a sample needs at least 1 of its {unit}; got {length}")
     if depth is not None and not 0.0 <= depth <= 1.0:
         raise SuiteArgumentError(f"depth is a fraction of the video, in [0, 1]; got {depth}")
     rng = sample_rng(suite, split, index, seed)
     question = question or spec.questions[int(rng.integers(len(spec.questions)))]
     kwargs = {"depth": depth} if spec.is_video else {}
-    sample = spec.generate(rng, question, length or spec.train_length, **kwargs)
+    sample = spec.generate(rng, question, spec.train_length if length is None else length, **kwargs)
     sample.metadata = {
         "suite": suite,
         "question": question,
