@@ -12,6 +12,7 @@ from torch import nn
 
 from .budget import ALLOCATIONS, Budget
 from .defaults import AUTO, DEFAULT_BUDGET
+from .errors import ConfigError
 from .policies import RetentionPolicy, build_policy
 
 # Where a checkpoint directory ships its tied retention gates, and the file that describes them.
@@ -27,7 +28,7 @@ def best_shipped_policy(model: nn.Module) -> str:
     return "snapkv"
 
 
-@dataclass
+@dataclass(frozen=True)
 class RetentionConfig:
     """How to score entries and how many to keep.
 
@@ -70,33 +71,64 @@ class RetentionConfig:
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.retention_policy: RetentionPolicy | None = None
-        if self.policy != AUTO:
-            self.retention_policy = build_policy(self.policy, **self.policy_kwargs)
-            if self.allocation is None:
-                self.allocation = self.retention_policy.preferred_allocation
+        # Frozen: what a run derives from the config cannot drift from its fields.
+        for name in ("sink", "recent", "buffer"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a whole number of tokens >= 0, got {value!r}")
+        if not isinstance(self.protect_turn, bool):
+            raise ConfigError(f"protect_turn must be True or False, got {self.protect_turn!r}")
+        if self.chunk_tokens is not None and (
+            isinstance(self.chunk_tokens, bool)
+            or not isinstance(self.chunk_tokens, int)
+            or self.chunk_tokens <= 0
+        ):
+            raise ConfigError(
+                f"chunk_tokens must be a positive number of tokens, got {self.chunk_tokens!r}"
+            )
+        for modality, share in (self.modality_caps or {}).items():
+            if (
+                isinstance(share, bool)
+                or not isinstance(share, (int, float))
+                or not 0 <= share <= 1
+            ):
+                raise ConfigError(
+                    f"modality_caps[{modality!r}] must be a fraction of the budget in [0, 1], "
+                    f"got {share!r}"
+                )
         if self.allocation is not None and self.allocation not in ALLOCATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown allocation {self.allocation!r}; choose one of {', '.join(ALLOCATIONS)}"
             )
-        for name in ("sink", "recent", "buffer"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.chunk_tokens is not None and self.chunk_tokens <= 0:
-            raise ValueError(
-                f"chunk_tokens must be a positive number of tokens, got {self.chunk_tokens}"
-            )
-        self.parsed_budget = Budget.parse(self.budget)
-        if (
-            self.parsed_budget.kind == "tokens"
-            and self.parsed_budget.value < self.sink + self.recent
-        ):
-            raise ValueError(
-                f"budget of {int(self.parsed_budget.value)} tokens is smaller than the "
+        try:
+            budget = Budget.parse(self.budget)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        if budget.kind == "tokens" and budget.value < self.sink + self.recent:
+            raise ConfigError(
+                f"budget of {int(budget.value)} tokens is smaller than the "
                 f"{self.sink + self.recent} protected tokens "
                 f"(sink={self.sink} + recent={self.recent}); "
                 "raise the budget or lower sink/recent"
             )
+        policy = None
+        if self.policy != AUTO:
+            try:
+                policy = build_policy(self.policy, **self.policy_kwargs)
+            except TypeError as error:  # an option the policy does not have
+                raise ConfigError(f"policy_kwargs do not fit {self.policy!r}: {error}") from None
+        object.__setattr__(self, "retention_policy", policy)
+
+    @property
+    def parsed_budget(self) -> Budget:
+        return Budget.parse(self.budget)
+
+    @property
+    def allocation_mode(self) -> str:
+        """The allocation asked for, or the policy's preferred one."""
+        if self.allocation is not None:
+            return self.allocation
+        return self.retention_policy.preferred_allocation if self.retention_policy else "global"
 
     @property
     def policy_name(self) -> str:

@@ -407,7 +407,7 @@ class RetentionRun:
                     flat.layer,
                     flat.head,
                     capacity,
-                    mode=self.config.allocation,
+                    mode=self.config.allocation_mode,
                     n_layers=len(layers),
                     n_heads=self.n_heads,
                     protected=protected,
@@ -454,7 +454,7 @@ class RetentionRun:
                 flat.layer,
                 flat.head,
                 capacity,
-                mode=self.config.allocation,
+                mode=self.config.allocation_mode,
                 n_layers=len(cache.initialized_layers),
                 n_heads=self.n_heads,
             )

@@ -22,6 +22,10 @@ class RetentionStateError(MMRetainError, RuntimeError):
     """A cache or run used outside the context that makes it valid."""
 
 
+class ConfigError(MMRetainError, ValueError):
+    """A `RetentionConfig` field of the wrong type or out of range."""
+
+
 class GatesMismatchError(MMRetainError, ValueError):
     """Retention gates whose shape (hidden size, layers, KV heads) or variant does not fit."""
 

@@ -88,3 +88,34 @@ def test_a_missing_model_directory_is_named(tmp_path, image_file, capsys):
     code = cli.main(["chat", "--image", str(image_file), "--model", str(tmp_path / "absent")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no model directory at" in err
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("sink", 2.5, "sink must be a whole number"),
+        ("recent", -1, "recent must be a whole number"),
+        ("protect_turn", "no", "protect_turn must be True or False"),
+        ("modality_caps", {"image": 2}, r"modality_caps\['image'\] must be a fraction"),
+        ("chunk_tokens", 0, "chunk_tokens must be a positive"),
+        ("budget", "lots", "budget could not be read"),
+        ("policy_kwargs", {"windw": 8}, "policy_kwargs do not fit 'snapkv'"),
+    ],
+)
+def test_config_problems_are_typed_errors(field, value, message):
+    from mmretain.errors import ConfigError
+
+    options = {"policy": "snapkv", field: value}
+    with pytest.raises(ConfigError, match=message):
+        mmretain.RetentionConfig(**options)
+
+
+def test_config_is_frozen_and_derives_from_its_fields():
+    import dataclasses
+
+    config = mmretain.RetentionConfig(policy="snapkv", budget=0.1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.budget = 0.5
+    trimkv = dataclasses.replace(config, policy="trimkv")
+    assert (config.allocation_mode, trimkv.allocation_mode) == ("global", "uniform")
+    assert dataclasses.replace(config, budget=0.5).parsed_budget.value == 0.5
