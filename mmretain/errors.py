@@ -88,6 +88,10 @@ class DatasetNotFoundError(MMRetainError, FileNotFoundError):
     """An evaluation dataset found neither in the local directory given nor on the hub."""
 
 
+class UnsafeMediaPathError(MediaError):
+    """A dataset row naming a media file outside the folder it must come from."""
+
+
 class VideosNotFoundError(MediaNotFoundError):
     """Video files an evaluation dataset refers to that are not where they were looked for."""
 

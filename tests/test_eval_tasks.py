@@ -208,3 +208,18 @@ def test_an_edited_local_copy_is_read_afresh(tmp_path):
     for answer in ("yes", "no"):
         datasets.Dataset.from_list([{"answer": answer}]).to_parquet(parquet)
         assert load_split("pope", split, tmp_path)[0]["answer"] == answer
+
+
+@pytest.mark.parametrize(
+    ("template", "name"),
+    [("data/{v}.mp4", "../../secret"), ("data/{v}.mp4", "x/../../../y"), ("{v}", "/etc/passwd")],
+)
+def test_a_row_naming_a_video_outside_the_folder_is_refused(tmp_path, template, name):
+    from mmretain.errors import UnsafeMediaPathError
+    from mmretain.eval.data import VideoFiles
+
+    files = VideoFiles(template, "videomme")
+    with pytest.raises(UnsafeMediaPathError, match="outside the video folder"):
+        files.candidates(tmp_path, {"v": name})
+    inside = files.candidates(tmp_path, {"v": "a/../abc"})[0]
+    assert inside.resolve().parent in (tmp_path, tmp_path / "data")

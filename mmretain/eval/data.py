@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatasetNotFoundError, VideosNotFoundError
+from ..errors import DatasetNotFoundError, UnsafeMediaPathError, VideosNotFoundError
 
 # Hub errors that mean "not reachable or not there" rather than "bad data".
 _MISSING = (FileNotFoundError, ConnectionError, OSError, ValueError)
@@ -157,7 +157,14 @@ class VideoFiles:
         return Path(home) / self.cache_name
 
     def candidates(self, root: Path, row: dict[str, Any]) -> list[Path]:
-        path = root / self.template.format(**row)
+        relative = self.template.format(**row)
+        path = root / relative
+        # A row names a file under the root, never one elsewhere ("../", an absolute path).
+        if Path(relative).is_absolute() or not path.resolve().is_relative_to(root.resolve()):
+            raise UnsafeMediaPathError(
+                f"a dataset row names the video {relative!r}, which lies outside the video "
+                f"folder {root}; refusing to read it: check the dataset copy"
+            )
         return [path.with_suffix(suffix) for suffix in self.suffixes]
 
     def find(self, root: Path, row: dict[str, Any]) -> Path | None:
