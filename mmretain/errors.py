@@ -100,5 +100,9 @@ class RunMismatchError(MMRetainError, ValueError):
     """An output directory holding rows of a run made with other settings."""
 
 
+class RunFailedError(MMRetainError, RuntimeError):
+    """An evaluation whose first samples all failed: the run, not the samples, is at fault."""
+
+
 class UsageError(MMRetainError, ValueError):
     """Command-line arguments that do not fit together."""

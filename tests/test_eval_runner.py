@@ -317,3 +317,16 @@ def test_a_folder_whose_fractions_meant_tokens_seen_is_not_resumed(tmp_path):
     check_settings(tmp_path / "new", settings, Shard())  # a new folder records it
     recorded = json.loads((tmp_path / "new" / "run.json").read_text())["settings"]
     assert recorded["fraction_of"] == "prompt"
+
+
+def test_a_run_whose_first_samples_all_fail_stops_and_keeps_no_rows(
+    checkpoint, tmp_path, monkeypatch, capsys
+):
+    def broken(self, vlm, sample, task):
+        raise ValueError("boom: a bug in the run, not in the samples")
+
+    monkeypatch.setattr(Runner, "_predict", broken)
+    assert run_vqa(checkpoint, tmp_path, "--max-new-tokens", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the first 6 samples of vqav2 full all failed" in err and "boom" in err
+    assert rows_of(tmp_path, "vqav2", "full") == []  # left to run again once fixed

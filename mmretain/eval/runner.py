@@ -30,6 +30,7 @@ from ..errors import (
     GatesNotFoundError,
     ModelLoadError,
     RetentionStateError,
+    RunFailedError,
     RunMismatchError,
     UnsupportedModelError,
 )
@@ -40,6 +41,8 @@ from .sample import EvalSample
 
 # Errors of the model or the policy, not of a sample: every sample would fail the same way.
 FATAL = (GatesMismatchError, GatesNotFoundError, ModelLoadError, RetentionStateError)
+# Failures in a row at the start of a cell that mean something is wrong with the run itself.
+SYSTEMATIC_FAILURES = 8
 FATAL += (UnsupportedModelError,)
 # New tokens for the replies to earlier turns of a conversation (only the last is scored).
 EARLIER_TURN_TOKENS = 16
@@ -183,12 +186,28 @@ class Runner:
         )
         if pending:
             vlm = self._vlm(cell)
+            # Error rows are held back while every sample so far failed: when the first ones
+            # all fail the run stops (a bug, not bad samples) and leaves them to be run again.
+            held: list[dict[str, Any]] = []
+            stop_after = min(SYSTEMATIC_FAILURES, len(pending))
             with RowWriter(files.part(self.shard.rank, self.shard.world)) as writer:
                 for index in pending:
                     row = self._row(task, data, index, vlm, cell, index in pictured)
-                    writer.append(row)
                     if "error" in row:
                         bar.write(f"{task.name} {cell.name} sample {index}: {row['error']}")
+                    if held is not None and "error" in row:
+                        held.append(row)
+                        if len(held) == stop_after:
+                            bar.close()
+                            raise RunFailedError(
+                                f"the first {stop_after} samples of {task.name} {cell.name} all "
+                                f"failed, so the run stopped; the first: {held[0]['error']}"
+                            )
+                    else:
+                        for earlier in held or ():
+                            writer.append(earlier)
+                        held = None
+                        writer.append(row)
                     bar.update()
         bar.close()
 
