@@ -107,6 +107,16 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _utf8(text: str, where: str) -> str:
+    """``text`` as given, or a usage error when it holds bytes that are not UTF-8 text
+    (Python keeps them as lone surrogates, which no tokenizer takes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{where} holds bytes that are not UTF-8 text; give it as UTF-8") from None
+    return text
+
+
 def _check_counts(args, *names: str) -> None:
     """Counts that must be at least 1, checked before anything loads."""
     for name in names:
@@ -157,6 +167,7 @@ def _answer_video(args, expected: str | None) -> None:
 
     # Check the arguments and the video before loading a model: bad input fails in a moment.
     _check_counts(args, "max_new_tokens", "chunk_frames")
+    args.questions = [_utf8(q, "-q") for q in args.questions]
     video = Video(
         args.video, fps=args.fps, max_frames=args.max_frames, start=args.start, end=args.end
     )
@@ -235,7 +246,7 @@ def chat(args) -> None:
         file=sys.stderr,
     )
     for line in _lines(sys.stdin):
-        text = line.strip()
+        text = _utf8(line.strip(), "the message")
         if text == "/quit":
             break
         if text == "/reset":

@@ -108,3 +108,13 @@ def test_cli_chat_prompts_at_a_terminal(checkpoint, image_file, monkeypatch, cap
     monkeypatch.setattr(sys, "stdin", Terminal("/quit\n"))
     assert cli.main(["chat", "--image", str(image_file), "--model", str(checkpoint)]) == 0
     assert capsys.readouterr().err.endswith("> ")
+
+
+def test_cli_chat_non_utf8_input_is_one_line(checkpoint, image_file, monkeypatch, capsys):
+    # Bytes that are not UTF-8 reach Python as lone surrogates.
+    monkeypatch.setattr(sys, "stdin", io.StringIO("what \udcff ?\n"))
+    assert cli.main(["chat", "--image", str(image_file), "--model", str(checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        "mmretain: error: the message holds bytes that are not UTF-8 text; give it as UTF-8"
+    )

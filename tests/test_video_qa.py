@@ -192,6 +192,7 @@ def test_cli_video_qa_table(checkpoint, video_file, capsys):
         (["--max-new-tokens", "-1"], "--max-new-tokens must be at least 1"),
         (["--chunk-frames", "0"], "--chunk-frames must be at least 1"),
         (["--chunk-frames", "-4"], "--chunk-frames must be at least 1"),
+        (["-q", "what \udcff ?"], "-q holds bytes that are not UTF-8 text"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(checkpoint, video_file, capsys, args, message):
