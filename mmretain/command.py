@@ -22,9 +22,12 @@ def run_command(
     """Run ``action`` and return the exit code: 0, or 2 after one line for ``errors``."""
     from transformers.utils import logging
 
+    from .media import quiet_decoders
+
     # The command reports its own progress; loading bars and warnings would bury it.
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    quiet_decoders()
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
         print(f"{prog}: warning: {message}", file=sys.stderr)

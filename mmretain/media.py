@@ -305,6 +305,13 @@ class Video:
         return iter_frame_chunks(self.info.path, self.indices, chunk_frames, self.info.backend)
 
 
+def quiet_decoders() -> None:
+    """Silence the lines libav prints on stderr for damaged files (through decord and PyAV):
+    mmretain reports an unreadable file itself, in one line that says what to do."""
+    decord.logging.set_level(decord.logging.QUIET)
+    av.logging.set_level(av.logging.PANIC)
+
+
 def write_video(
     path: str | Path, frames: Iterable[np.ndarray], fps: float, codec: str | None = None
 ) -> None:

@@ -327,3 +327,26 @@ def test_a_retain_user_streams_a_video_and_calls_generate(checkpoint, video_file
     assert frames == 20
     assert out[0, inputs["input_ids"].shape[1] :].tolist() == expected.tokens
     assert run.stats.entries_kept == expected.stats.entries_kept
+
+
+def test_cli_damaged_video_is_one_line_with_no_libav_noise(tmp_path):
+    """libav writes on stderr itself (through decord and PyAV): the command quiets it."""
+    import subprocess
+    import sys
+
+    whole = tmp_path / "whole.mp4"
+    media.write_video(whole, (np.zeros((56, 56, 3), dtype=np.uint8) for _ in range(20)), 4)
+    whole = whole.read_bytes()
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(whole[: len(whole) // 2])
+    done = subprocess.run(
+        [sys.executable, "-m", "mmretain.cli", "video-qa", str(broken), "-q", "what ?"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"mmretain: error: no frame of {broken} could be decoded (5 planned); the file is "
+        "damaged or cut short; re-encode or re-download it"
+    ]
