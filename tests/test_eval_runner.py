@@ -209,6 +209,14 @@ def test_limit_spreads_the_same_samples_over_the_split(checkpoint, tmp_path):
     assert [r["index"] for r in rows_of(tmp_path, "vqav2", "snapkv@0.25")] == [1, 3, 5]
 
 
+def test_a_smaller_limit_into_a_fuller_folder_reports_its_own_samples(checkpoint, tmp_path):
+    assert run_vqa(checkpoint, tmp_path, "--max-new-tokens", "2") == 0
+    assert run_vqa(checkpoint, tmp_path, "--max-new-tokens", "2", "--limit", "2") == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {r["cell"]: r["samples"] + r["errors"] for r in results} == {"full": 2, "snapkv@0.25": 2}
+    assert len(rows_of(tmp_path, "vqav2", "full")) == 6  # nothing on disk is lost
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

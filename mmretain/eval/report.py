@@ -88,8 +88,10 @@ def summarize(task: Any, cell: str, rows: list[dict[str, Any]]) -> CellResult:
     )
 
 
-def collect(out: Path) -> list[CellResult]:
-    """Every cell found under ``out/rows`` (merged part files included)."""
+def collect(out: Path, selections: dict[str, set[int]] | None = None) -> list[CellResult]:
+    """Every cell found under ``out/rows`` (merged part files included); for a task named in
+    ``selections``, only the rows of the samples selected (a run with a smaller ``--limit``
+    into a folder that holds more)."""
     tasks = registered()
     order = {name: i for i, name in enumerate(tasks)}
     directories = [p for p in (out / "rows").glob("*") if p.is_dir() and p.name in tasks]
@@ -99,6 +101,8 @@ def collect(out: Path) -> list[CellResult]:
         names = {_CELL_FILE.match(p.name).group(1) for p in directory.glob("*.jsonl")}
         for name in sorted(names, key=_cell_order):
             rows = CellFiles(directory, name).rows()
+            if selections is not None and directory.name in selections:
+                rows = [row for row in rows if row["index"] in selections[directory.name]]
             if rows:
                 results.append(summarize(task, name, rows))
     return results
@@ -211,9 +215,10 @@ def plot(results: list[CellResult], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def write_report(out: Path) -> list[CellResult]:
-    """Summarise every cell under ``out`` into results.json, report.md and one plot per suite."""
-    results = collect(out)
+def write_report(out: Path, selections: dict[str, set[int]] | None = None) -> list[CellResult]:
+    """Summarise every cell under ``out`` into results.json, report.md and one plot per suite
+    (the rows of ``selections`` only, for the tasks it names; see `collect`)."""
+    results = collect(out, selections)
     payload = [dict(asdict(r), cell=r.cell) for r in results]
     write_atomic(out / "results.json", json.dumps(payload, indent=1) + "\n")
     write_atomic(out / "report.md", markdown(results, out))

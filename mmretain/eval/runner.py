@@ -145,7 +145,8 @@ def evaluate(
     for task in tasks:
         for cell in grid:
             CellFiles(out / "rows" / task.name, cell.name).merge()
-    return report.write_report(out)
+    chosen = {task.name: set(selection) for task, selection in zip(tasks, selections, strict=True)}
+    return report.write_report(out, chosen)
 
 
 class Runner:
