@@ -358,3 +358,15 @@ def test_cli_names_a_missing_model_directory(tmp_path, capsys):
     assert train_gates_cli([*args, "--steps", "1", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert "error: no model directory at" in err and len(err.splitlines()) == 1
+
+
+def test_cli_refuses_an_unsupported_family_before_loading_anything(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50)).save_pretrained(
+        tmp_path / "gpt2"
+    )
+    args = ["--model", str(tmp_path / "gpt2"), "--data", "testbed", "--budget", "8"]
+    assert train_gates_cli([*args, "--steps", "1", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model_type='gpt2') is not supported" in err

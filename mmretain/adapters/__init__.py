@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..errors import UnsupportedModelError
@@ -25,17 +27,23 @@ ADAPTERS: tuple[type[Adapter], ...] = (
 )
 
 
-def adapter_for(model: nn.Module) -> Adapter:
-    """The adapter of ``model``'s family, or `UnsupportedModelError` naming the supported ones."""
+def adapter_class(config: Any, name: str) -> type[Adapter]:
+    """The adapter class for a model ``config``'s family (``name`` says which model, in the
+    error), or `UnsupportedModelError` naming the supported families."""
+    model_type = getattr(config, "model_type", None)
     for cls in ADAPTERS:
-        if cls.matches(model):
-            return cls(model)
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type in cls.model_types:
+            return cls
     supported = "; ".join(cls.family for cls in ADAPTERS)
     raise UnsupportedModelError(
-        f"{type(model).__name__} (model_type={model_type!r}) is not supported. "
+        f"{name} (model_type={model_type!r}) is not supported. "
         f"Supported families: {supported}. Load one of those with transformers and pass it in."
     )
 
 
-__all__ = ["ADAPTERS", "Adapter", "adapter_for"]
+def adapter_for(model: nn.Module) -> Adapter:
+    """The adapter of ``model``'s family, or `UnsupportedModelError` naming the supported ones."""
+    return adapter_class(getattr(model, "config", None), type(model).__name__)(model)
+
+
+__all__ = ["ADAPTERS", "Adapter", "adapter_class", "adapter_for"]

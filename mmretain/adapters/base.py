@@ -29,10 +29,6 @@ class Adapter:
     def __init__(self, model: nn.Module):
         self.model = model
 
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return getattr(getattr(model, "config", None), "model_type", None) in cls.model_types
-
     # -- structure -----------------------------------------------------------------------------
     @property
     def text_config(self):

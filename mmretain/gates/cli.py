@@ -16,11 +16,11 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
-import torch
+from transformers import AutoConfig
 
+from ..adapters import adapter_class
 from ..api import checkpoint_location, load_model
 from ..command import USER_ERRORS, run_command
 from .data import BatchDirectory, testbed_batches
@@ -63,10 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def training_data(data: str, model: str) -> Iterable[dict[str, torch.Tensor]]:
-    return testbed_batches(model) if data == "testbed" else BatchDirectory(data)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
@@ -75,8 +71,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace, argv: list[str]) -> None:
     start = time.perf_counter()
-    model, _ = checkpoint_location(args.model)  # "testbed" names the shipped model
-    batches = training_data(args.data, model)  # bad data fails before the model loads
+    model, local = checkpoint_location(args.model)  # "testbed" names the shipped model
+    # Bad input fails before the weights load: a batch folder first, then the model's family
+    # (the test-bed batches need the model's processor).
+    batches = None if args.data == "testbed" else BatchDirectory(args.data)
+    adapter_class(AutoConfig.from_pretrained(model, local_files_only=local), model)
+    if batches is None:
+        batches = testbed_batches(model)
     train_gates(
         load_model(model),
         batches,
