@@ -370,3 +370,22 @@ def test_cli_refuses_an_unsupported_family_before_loading_anything(tmp_path, cap
     assert train_gates_cli([*args, "--steps", "1", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model_type='gpt2') is not supported" in err
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"input_ids": [1, 2, 3], "target_mask": [0, 1', "is not a JSON object of token lists"),
+        ('{"input_ids": [1, 2, 3]}', "lacks ['target_mask']"),
+        ('{"input_ids": [1, 2], "target_mask": [1]}', "must have the shape of input_ids"),
+    ],
+)
+def test_cli_names_a_malformed_batch_before_training(tmp_path, capsys, line, message):
+    data = tmp_path / "data"
+    data.mkdir()
+    good = '{"input_ids": [1, 2, 3], "target_mask": [0, 1, 1]}'
+    (data / "batches.jsonl").write_text(f"{good}\n{line}\n")
+    args = ["--model", "unused", "--data", str(data), "--budget", "8"]
+    assert train_gates_cli([*args, "--steps", "1", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "batches.jsonl:2" in err and message in err

@@ -42,18 +42,32 @@ class BatchDirectory:
                 f"{self.directory} holds no *.jsonl or *.safetensors batches; "
                 "see mmretain.gates.data for the format"
             )
+        # Every batch is read once now: a malformed one fails before training, naming itself.
+        for _ in self:
+            pass
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for path in self.files:
             if path.suffix == ".safetensors":
-                yield _checked(load_file(path), str(path))
+                try:
+                    batch = load_file(path)
+                except Exception as error:  # safetensors raises its own error types
+                    raise ValueError(f"batch {path} cannot be read: {error}") from None
+                yield _checked(batch, str(path))
                 continue
             with path.open() as lines:
                 for number, line in enumerate(lines, start=1):
                     if line.strip():
-                        sample = json.loads(line)
-                        batch = {name: torch.tensor([values]) for name, values in sample.items()}
-                        yield _checked(batch, f"{path}:{number}")
+                        yield _checked(_json_batch(line, f"{path}:{number}"), f"{path}:{number}")
+
+
+def _json_batch(line: str, where: str) -> dict[str, torch.Tensor]:
+    """One JSON line as a batch of one, or a ValueError naming the file and line."""
+    try:
+        sample = json.loads(line)
+        return {name: torch.tensor([values]) for name, values in sample.items()}
+    except (ValueError, TypeError, AttributeError) as error:
+        raise ValueError(f"batch {where} is not a JSON object of token lists: {error}") from None
 
 
 def _checked(batch: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
