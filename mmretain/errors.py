@@ -92,6 +92,10 @@ class UnsafeMediaPathError(MediaError):
     """A dataset row naming a media file outside the folder it must come from."""
 
 
+class DatasetFormatError(MMRetainError, ValueError):
+    """An evaluation dataset whose files cannot be parsed."""
+
+
 class VideosNotFoundError(MediaNotFoundError):
     """Video files an evaluation dataset refers to that are not where they were looked for."""
 

@@ -338,3 +338,14 @@ def test_a_run_whose_first_samples_all_fail_stops_and_keeps_no_rows(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "the first 6 samples of vqav2 full all failed" in err and "boom" in err
     assert rows_of(tmp_path, "vqav2", "full") == []  # left to run again once fixed
+
+
+def test_a_dataset_file_that_does_not_parse_is_one_line(tmp_path):
+    from mmretain.errors import DatasetFormatError
+    from mmretain.eval.data import HubSplit, load_split
+
+    copy = tmp_path / "copy"
+    (copy / "data").mkdir(parents=True)
+    (copy / "data" / "validation-00000-of-00001.jsonl").write_text('{"a": 1}\n{"a": 2\n')
+    with pytest.raises(DatasetFormatError, match=r"cannot be read \(JSON parse error.*row 1\)"):
+        load_split("vqav2", HubSplit("lmms-lab/VQAv2", "validation"), copy)

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatasetNotFoundError, UnsafeMediaPathError, VideosNotFoundError
+from ..errors import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    UnsafeMediaPathError,
+    VideosNotFoundError,
+)
 
 # Hub errors that mean "not reachable or not there" rather than "bad data".
 _MISSING = (FileNotFoundError, ConnectionError, OSError, ValueError)
@@ -99,6 +104,14 @@ def load_split(task: str, split: HubSplit, location: Path | None) -> Any:
     cache = _local_cache(location) if location is not None else None
     try:
         return datasets.load_dataset(source, split.config, split=split.split, cache_dir=cache)
+    except datasets.exceptions.DatasetGenerationError as error:
+        # The reason is in the cause (a parser's message naming the row); the wrapper says none.
+        cause = error.__cause__ or error.__context__ or error
+        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        raise DatasetFormatError(
+            f"the {where} of task {task!r} cannot be read ({reason}); fix or re-download the "
+            "file it names"
+        ) from None
     except _MISSING as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         config = f", config {split.config!r}" if split.config else ""
