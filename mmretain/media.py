@@ -5,8 +5,9 @@ allows it (JPEG draft mode), so a huge photo never materialises at full size.
 
 Videos: `probe_video` reads the container header, `sample_frame_indices` turns a rate, a cap and
 a time range into frame indices, and `iter_frame_chunks` decodes those frames a chunk at a time.
-decord decodes when it can open the file; PyAV takes over when it cannot (and can be forced with
-``backend="pyav"``). `Video` bundles the three steps. `write_video` encodes frames as they come.
+decord decodes when it is installed and can open the file; PyAV takes over when it cannot (and can
+be forced with ``backend="pyav"``). decord has no wheels on some platforms (macOS arm64): there
+PyAV reads everything. `Video` bundles the three steps. `write_video` encodes frames as they come.
 
 A video cut short mid-stream is read up to the damage: the chunks cover a prefix of the planned
 indices, a `MediaWarning` says how many frames were decoded, and `CorruptMediaError` is raised
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Literal
 
 import av
-import decord
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -40,6 +40,11 @@ from .errors import (
     MediaNotFoundError,
     MediaWarning,
 )
+
+try:
+    import decord
+except ImportError:  # no wheel for this platform: PyAV reads every video
+    decord = None
 
 Backend = Literal["decord", "pyav"]
 
@@ -308,7 +313,8 @@ class Video:
 def quiet_decoders() -> None:
     """Silence the lines libav prints on stderr for damaged files (through decord and PyAV):
     mmretain reports an unreadable file itself, in one line that says what to do."""
-    decord.logging.set_level(decord.logging.QUIET)
+    if decord is not None:
+        decord.logging.set_level(decord.logging.QUIET)
     av.logging.set_level(av.logging.PANIC)
 
 
@@ -402,6 +408,13 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.Vide
 
 def _open_decord(path: Path, required: bool) -> decord.VideoReader | None:
     """A decord reader, or None when decord cannot use the file and PyAV should try."""
+    if decord is None:
+        if required:
+            raise MediaError(
+                "backend='decord' needs decord, which is not installed here; pass "
+                "backend='pyav' or backend=None"
+            )
+        return None
     try:
         reader = decord.VideoReader(str(path))
         if len(reader) > 0 and reader.get_avg_fps() > 0:

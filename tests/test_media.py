@@ -484,3 +484,17 @@ def test_no_warning_for_a_whole_video(clip):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert sum(len(c) for c in iter_frame_chunks(clip, range(FRAMES), 7)) == FRAMES
+
+
+def test_without_decord_pyav_reads_every_video(clip, monkeypatch):
+    """decord has no wheel on some platforms; there the same video reads through PyAV."""
+    from mmretain import media
+
+    with_decord = Video(clip, fps=2, max_frames=4)
+    expected = np.concatenate(list(with_decord.chunks(2)))
+    monkeypatch.setattr(media, "decord", None)
+    video = Video(clip, fps=2, max_frames=4)
+    assert video.info.backend == "pyav" and video.indices == with_decord.indices
+    assert np.abs(np.concatenate(list(video.chunks(2))).astype(int) - expected).max() <= 3
+    with pytest.raises(MediaError, match="needs decord, which is not installed"):
+        probe_video(clip, backend="decord")
