@@ -167,6 +167,10 @@ def _answer_video(args, expected: str | None) -> None:
 
     # Check the arguments and the video before loading a model: bad input fails in a moment.
     _check_counts(args, "max_new_tokens", "chunk_frames")
+    if args.max_frames is not None:
+        _check_counts(args, "max_frames")
+    if args.fps <= 0:
+        raise UsageError(f"--fps must be above 0, got {args.fps:g}; --fps 1 reads a frame a second")
     args.questions = [_utf8(q, "-q") for q in args.questions]
     video = Video(
         args.video, fps=args.fps, max_frames=args.max_frames, start=args.start, end=args.end

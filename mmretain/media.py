@@ -396,7 +396,7 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.Vide
     if name == "image2" or name.endswith("_pipe"):  # how FFmpeg names single-image formats
         raise CorruptMediaError(
             f"{path} is an image ({name.removesuffix('_pipe')}), not a video; "
-            "pass it as an image (load_image) instead"
+            "give it as an image instead (`mmretain chat --image`, or load_image in Python)"
         )
     if not container.streams.video:
         kinds = ", ".join(s.type for s in container.streams) or "none"

@@ -243,7 +243,7 @@ def test_text_file_is_not_a_video(tmp_path):
 def test_image_is_not_a_video(tmp_path):
     path = tmp_path / "cat.png"
     Image.new("RGB", (32, 32)).save(path)
-    with pytest.raises(CorruptMediaError, match=r"is an image \(png\), not a video; pass it as"):
+    with pytest.raises(CorruptMediaError, match=r"is an image \(png\), not a video; give it as an"):
         Video(path)
 
 

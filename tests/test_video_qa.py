@@ -184,8 +184,8 @@ def test_cli_video_qa_table(checkpoint, video_file, capsys):
     ("args", "message"),
     [
         (["missing.mp4"], "not found"),
-        (["--fps", "0"], "fps"),
-        (["--max-frames", "0"], "max_frames"),
+        (["--fps", "0"], "--fps must be above 0, got 0; --fps 1 reads a frame a second"),
+        (["--max-frames", "0"], "--max-frames must be at least 1, got 0"),
         (["--budget", "-3"], "budget"),
         (["--policy", "nope"], "registered policies"),
         (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
