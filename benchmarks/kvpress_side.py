@@ -23,10 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from child import run_json
 
 MODEL = {
     "vocab_size": 4096,
@@ -171,7 +172,7 @@ def main() -> None:
         model_dir = write_model(Path(tmp) / "llama")
         for length in (int(x) for x in args.lengths.split(",")):
             ours = mmretain_side(model_dir, length, args.repeats)
-            done = subprocess.run(
+            theirs = run_json(
                 [
                     args.kvpress_python,
                     __file__,
@@ -181,12 +182,8 @@ def main() -> None:
                     str(length),
                     "--repeats",
                     str(args.repeats),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
+                ]
             )
-            theirs = json.loads(done.stdout.strip().splitlines()[-1])
             overlap = min(
                 jaccard(a, b)
                 for la, lb in zip(ours["kept"], theirs["kept"], strict=True)

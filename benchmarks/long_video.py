@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from child import run_json
 
 MODELS = ("qwen2_vl", "llava_onevision")
 
@@ -94,7 +94,7 @@ def main() -> None:
     for family in args.models.split(","):
         for count in map(int, args.frames.split(",")):
             print(f"{family}: {count} frames", file=sys.stderr)
-            done = subprocess.run(
+            row = run_json(
                 [
                     sys.executable,
                     __file__,
@@ -104,12 +104,8 @@ def main() -> None:
                     str(args.budget),
                     "--chunk-frames",
                     str(args.chunk_frames),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
+                ]
             )
-            row = json.loads(done.stdout.strip().splitlines()[-1])
             print(
                 f"| {row['model']} | {row['frames']} | {row['tokens_seen']} "
                 f"| {row['peak_kv_bytes']:,} "

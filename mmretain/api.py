@@ -207,13 +207,14 @@ class RetainedVLM:
             ]
         return self._stream_and_answer(video, questions, chunk_frames, False, config, progress)
 
-    def _question_span(self, question: str, question_first: bool) -> tuple[int, int]:
-        """Where ``question`` lies in the prefix (question first) or suffix of its prompt."""
+    def _question_spans(
+        self, prompts: Sequence[tuple[list[int], list[int]]], question_first: bool
+    ) -> list[tuple[int, int]]:
+        """Where each question lies in the prefix (question first) or suffix of its prompt, as
+        `_video_prompt` rendered it: against the prompt of an empty question, rendered once."""
         side = 0 if question_first else 1
-        return _changed_span(
-            self._video_prompt(question, question_first)[side],
-            self._video_prompt("", question_first)[side],
-        )
+        blank = self._video_prompt("", question_first)[side]
+        return [_changed_span(prompt[side], blank) for prompt in prompts]
 
     def _video_prompt(self, question: str, question_first: bool) -> tuple[list[int], list[int]]:
         """Token ids before and after the video's placeholder in the chat-formatted prompt."""
@@ -243,7 +244,7 @@ class RetainedVLM:
     ) -> list[Answer]:
         start = time.perf_counter()
         prompts = [self._video_prompt(q, question_first) for q in questions]
-        spans = [self._question_span(q, question_first) for q in questions]
+        spans = self._question_spans(prompts, question_first)
         context = Session(self.run)
         with self._hooked():
             frames = stream_video(

@@ -130,11 +130,6 @@ class RetentionConfig:
             return self.allocation
         return self.retention_policy.preferred_allocation if self.retention_policy else "global"
 
-    @property
-    def policy_name(self) -> str:
-        """The policy's registered name ("auto" until the config meets a model)."""
-        return self.retention_policy.name if self.retention_policy else AUTO
-
     def for_model(self, model: nn.Module) -> RetentionConfig:
         """This config with ``policy="auto"`` resolved for ``model`` (see `best_shipped_policy`)."""
         if self.policy != AUTO:

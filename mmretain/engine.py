@@ -72,10 +72,6 @@ class RetentionRun:
         """Stats of the latest cache a forward used."""
         return self.cache.stats
 
-    @property
-    def installed(self) -> bool:
-        return bool(self._handles)
-
     def new_cache(self) -> RetentionCache:
         """A fresh, empty cache for this model: pass it as the model's cache to carry a
         conversation across ``generate`` calls."""

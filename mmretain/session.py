@@ -151,10 +151,7 @@ class Session:
         """
         n = input_ids.shape[1]
         seen = self.cache.get_seq_length()
-        self.cache.expect(seen + n)
-        start, end = question or (0, n)
-        if end > start:
-            self.cache.start_turn(seen + start, seen + end)
+        self._announce(n, question)
         text = torch.full((n,), TEXT_TYPE, dtype=torch.long)
         layout = copy.copy(self.layout)
         layout.token_types = [*self.layout.token_types, text]
@@ -193,11 +190,7 @@ class Session:
         config.return_dict_in_generate = True
         input_ids = inputs["input_ids"]
         cut = self._text_tail_start(inputs)
-        seen = self.cache.get_seq_length()
-        self.cache.expect(seen + input_ids.shape[1])
-        start, end = question or (0, input_ids.shape[1])
-        if end > start:
-            self.cache.start_turn(seen + start, seen + end)
+        self._announce(input_ids.shape[1], question)
         if cut:
             self.extend({k: _head(k, v, cut) for k, v in inputs.items()})
         tail = input_ids[:, cut:]
@@ -209,6 +202,15 @@ class Session:
         self.ids.extend((tail[0].tolist() + tokens)[:added])
         self.layout.token_types.append(torch.full((added,), TEXT_TYPE, dtype=torch.long))
         return Generation(tokens, out.logits)
+
+    def _announce(self, n: int, question: tuple[int, int] | None) -> None:
+        """The next ``n`` tokens join the prompt a fraction budget is taken of, and their span
+        ``question`` (default: all; an empty one changes nothing) becomes the question."""
+        seen = self.cache.get_seq_length()
+        self.cache.expect(seen + n)
+        start, end = question or (0, n)
+        if end > start:
+            self.cache.start_turn(seen + start, seen + end)
 
     def _text_tail_start(self, inputs: dict[str, torch.Tensor]) -> int:
         """Where the text after the prompt's last media token starts (0 without media)."""

@@ -318,7 +318,7 @@ def test_a_retain_user_streams_a_video_and_calls_generate(checkpoint, video_file
     vlm = load(checkpoint, policy="snapkv", budget=24, recent=4)
     (expected,) = vlm.answer_video(video_file, QUESTIONS[0], fps=4, max_new_tokens=4)
     prefix, suffix = vlm._video_prompt(QUESTIONS[0], question_first=False)
-    question = vlm._question_span(QUESTIONS[0], question_first=False)
+    (question,) = vlm._question_spans([(prefix, suffix)], question_first=False)
     with torch.inference_mode(), mmretain.retain(vlm.model, vlm.config) as run:
         session = Session(run)
         frames = stream_video(session, vlm.processor, media.Video(video_file, fps=4), prefix)
