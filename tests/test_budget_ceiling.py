@@ -61,7 +61,7 @@ def test_protections_are_lifted_recent_window_first(llama):
             assert len(kept) <= 24
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_next", "llava_onevision"])
 def test_the_chat_question_is_what_is_protected(family, tmp_path, image_file):
     path = (
         write_qwen2_vl(tmp_path / family)
