@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from mmretain.eval import CellResult, RunSettings, cells, evaluate, select_tasks
-from mmretain.eval.cells import FULL
+from mmretain.eval.grid import FULL
 from mmretain.eval.records import CellFiles
 from mmretain.testbed import MODELS, SUITES, model_path
 

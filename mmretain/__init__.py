@@ -4,41 +4,51 @@ Every cached entry (layer, KV head, position) gets a retention score; one rankin
 layers, heads and modalities decides which entries stay.
 """
 
-from . import attention as _attention  # registers the attention implementation
-from .api import Answer, RetainedVLM, load
-from .budget import Budget, allocate
-from .cache import RetentionCache, RetentionStats
-from .config import RetentionConfig
-from .engine import RetentionRun, retain
-from .errors import MMRetainError, UnknownPolicyError, UnsupportedModelError
-from .policies import POLICIES, RetentionPolicy
-from .session import Generation, Session
-from .streaming import VideoProgress, stream_video
-from .tags import Modality, TokenTags
+from __future__ import annotations
 
-del _attention
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "POLICIES",
-    "Answer",
-    "Budget",
-    "Generation",
-    "MMRetainError",
-    "Modality",
-    "RetainedVLM",
-    "RetentionCache",
-    "RetentionConfig",
-    "RetentionPolicy",
-    "RetentionRun",
-    "RetentionStats",
-    "Session",
-    "TokenTags",
-    "UnknownPolicyError",
-    "UnsupportedModelError",
-    "VideoProgress",
-    "allocate",
-    "load",
-    "retain",
-    "stream_video",
-]
+from .lazy import lazy_exports
+
+# Public names and the module each lives in. They load on first use, so that the command
+# line (and `mmretain --help`) starts without importing torch and transformers.
+_EXPORTS = {
+    "POLICIES": "policies",
+    "Answer": "api",
+    "Budget": "budget",
+    "Generation": "session",
+    "MMRetainError": "errors",
+    "Modality": "tags",
+    "RetainedVLM": "api",
+    "RetentionCache": "cache",
+    "RetentionConfig": "config",
+    "RetentionPolicy": "policies",
+    "RetentionRun": "engine",
+    "RetentionStats": "cache",
+    "Session": "session",
+    "TokenTags": "tags",
+    "UnknownPolicyError": "errors",
+    "UnsupportedModelError": "errors",
+    "VideoProgress": "streaming",
+    "allocate": "budget",
+    "load": "api",
+    "retain": "engine",
+    "stream_video": "streaming",
+}
+
+if TYPE_CHECKING:
+    from .api import Answer, RetainedVLM, load
+    from .budget import Budget, allocate
+    from .cache import RetentionCache, RetentionStats
+    from .config import RetentionConfig
+    from .engine import RetentionRun, retain
+    from .errors import MMRetainError, UnknownPolicyError, UnsupportedModelError
+    from .policies import POLICIES, RetentionPolicy
+    from .session import Generation, Session
+    from .streaming import VideoProgress, stream_video
+    from .tags import Modality, TokenTags
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

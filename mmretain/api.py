@@ -24,6 +24,7 @@ from .config import RetentionConfig
 from .defaults import AUTO, DEFAULT_BUDGET
 from .engine import RetentionRun
 from .errors import ModelLoadError
+from .location import checkpoint_location
 from .session import Session
 from .streaming import VideoProgress, stream_video
 
@@ -310,28 +311,6 @@ def _contents(messages: Messages, kind: str) -> list[dict[str, Any]]:
         for part in message["content"]
         if part.get("type") == kind
     ]
-
-
-def checkpoint_location(name: str | Path) -> tuple[str, bool]:
-    """Where a checkpoint loads from, and whether that is a local directory.
-
-    "testbed" and "testbed-llava" name the tiny models shipped with mmretain. A name that
-    reads as a path (absolute, or starting with "." or "~") must be an existing directory.
-    """
-    path = str(name)
-    if path.startswith("testbed") and not Path(path).exists():
-        from .testbed import model_path  # the shipped test-bed checkpoints, by name
-
-        path = str(model_path(path))
-    directory = Path(path).expanduser()
-    if directory.is_dir():
-        return str(directory), True
-    if directory.is_absolute() or path.startswith((".", "~")) or directory.exists():
-        raise ModelLoadError(
-            f"no model directory at {path!r}; give a directory written by save_pretrained, or a "
-            "hub id such as Qwen/Qwen2-VL-2B-Instruct"
-        )
-    return path, False
 
 
 @contextmanager

@@ -127,6 +127,9 @@ def _check_counts(args, *names: str) -> None:
 
 
 def _load(args):
+    from .location import checkpoint_location
+
+    checkpoint_location(args.model)  # a missing model fails before torch loads
     from .api import load
 
     return load(

@@ -113,10 +113,7 @@ class RetentionConfig:
             )
         policy = None
         if self.policy != AUTO:
-            try:
-                policy = build_policy(self.policy, **self.policy_kwargs)
-            except TypeError as error:  # an option the policy does not have
-                raise ConfigError(f"policy_kwargs do not fit {self.policy!r}: {error}") from None
+            policy = build_policy(self.policy, **self.policy_kwargs)
         object.__setattr__(self, "retention_policy", policy)
 
     @property

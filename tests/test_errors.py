@@ -99,7 +99,10 @@ def test_a_missing_model_directory_is_named(tmp_path, image_file, capsys):
         ("modality_caps", {"image": 2}, r"modality_caps\['image'\] must be a fraction"),
         ("chunk_tokens", 0, "chunk_tokens must be a positive"),
         ("budget", "lots", "budget could not be read"),
-        ("policy_kwargs", {"windw": 8}, "policy_kwargs do not fit 'snapkv'"),
+        ("policy_kwargs", {"windw": 8}, "policy 'snapkv' has no option 'windw'; its options: "),
+        ("policy_kwargs", {"window": "x"}, r"policy_kwargs\['window'\] of 'snapkv' must be a"),
+        ("policy_kwargs", {"kernel": 0}, r"policy_kwargs\['kernel'\] .* whole number >= 1"),
+        ("policy_kwargs", {"kernel": 2.5}, r"policy_kwargs\['kernel'\]"),
     ],
 )
 def test_config_problems_are_typed_errors(field, value, message):

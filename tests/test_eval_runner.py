@@ -18,7 +18,7 @@ import datasets
 import pytest
 
 from mmretain.eval import cli
-from mmretain.eval.cells import Cell, RunSettings, cells
+from mmretain.eval.grid import Cell, RunSettings, cells
 from mmretain.eval.records import CellFiles, read_rows
 from mmretain.eval.runner import Locations, Runner, Shard, evaluate
 from mmretain.eval.tasks import select_tasks

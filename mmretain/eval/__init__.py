@@ -8,22 +8,29 @@
 The command line is `mmretain eval` (see `mmretain.eval.cli`).
 """
 
-from .cells import Cell, RunSettings, cells
-from .report import CellResult, write_report
-from .runner import Locations, Shard, evaluate
-from .tasks import SUITES, TASKS, Task, select_tasks
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "SUITES",
-    "TASKS",
-    "Cell",
-    "CellResult",
-    "Locations",
-    "RunSettings",
-    "Shard",
-    "Task",
-    "cells",
-    "evaluate",
-    "select_tasks",
-    "write_report",
-]
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "SUITES": "tasks",
+    "TASKS": "tasks",
+    "Cell": "grid",
+    "CellResult": "report",
+    "Locations": "runner",
+    "RunSettings": "grid",
+    "Shard": "runner",
+    "Task": "tasks",
+    "cells": "grid",
+    "evaluate": "runner",
+    "select_tasks": "tasks",
+    "write_report": "report",
+}
+if TYPE_CHECKING:
+    from .grid import Cell, RunSettings, cells
+    from .report import CellResult, write_report
+    from .runner import Locations, Shard, evaluate
+    from .tasks import SUITES, TASKS, Task, select_tasks
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

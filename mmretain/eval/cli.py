@@ -16,9 +16,7 @@ from pathlib import Path
 
 from ..cli import DEFAULT_MODEL
 from ..command import run_command
-from .cells import RunSettings, cells
-from .runner import Locations, evaluate
-from .tasks import SUITES, select_tasks
+from .tasks import SUITES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +78,11 @@ def _split(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> None:
+    # Imported here so that `--help` and argument errors come back without loading torch.
     from . import report
+    from .grid import RunSettings, cells
+    from .runner import Locations, evaluate
+    from .tasks import select_tasks
 
     if args.report_only:
         if not (args.out / "rows").is_dir():

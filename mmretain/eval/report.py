@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .cells import FULL, Cell
+from .grid import FULL, Cell
 from .records import CellFiles, write_atomic
 from .tasks import TASKS
 from .testbed_tasks import testbed_tasks

@@ -35,7 +35,7 @@ from ..errors import (
     UnsupportedModelError,
 )
 from . import report, retention_map
-from .cells import FULL, Cell, RunSettings
+from .grid import FULL, Cell, RunSettings
 from .records import CellFiles, RowWriter, write_atomic
 from .sample import EvalSample
 

@@ -18,13 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from transformers import AutoConfig
-
-from ..adapters import adapter_class
-from ..api import checkpoint_location, load_model
 from ..command import USER_ERRORS, run_command
-from .data import BatchDirectory, testbed_batches
-from .train import train_gates
 
 PROG = "mmretain train-gates"
 
@@ -70,11 +64,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args: argparse.Namespace, argv: list[str]) -> None:
+    # Imported here so that `--help` and argument errors come back without loading torch.
+    from transformers import AutoConfig
+
+    from ..adapters import adapter_class
+    from ..api import load_model
+    from ..location import checkpoint_location
+    from .data import BatchDirectory, testbed_batches
+    from .train import train_gates
+
     start = time.perf_counter()
-    model, local = checkpoint_location(args.model)  # "testbed" names the shipped model
-    # Bad input fails before the weights load: a batch folder first, then the model's family
-    # (the test-bed batches need the model's processor).
+    # Bad input fails before the weights load: a batch folder first, then where the model is
+    # ("testbed" names the shipped one) and its family (the test-bed batches need its processor).
     batches = None if args.data == "testbed" else BatchDirectory(args.data)
+    model, local = checkpoint_location(args.model)
     adapter_class(AutoConfig.from_pretrained(model, local_files_only=local), model)
     if batches is None:
         batches = testbed_batches(model)

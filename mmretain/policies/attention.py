@@ -30,6 +30,7 @@ class SnapKV(RetentionPolicy):
     """
 
     name = "snapkv"
+    positive_options = ("window", "kernel")
     window: int = 32
     kernel: int = 7
 
@@ -58,6 +59,7 @@ class TOVA(RetentionPolicy):
     """
 
     name = "tova"
+    positive_options = ("window",)
     window: int = 1
 
     def score(self, view: LayerView) -> list[torch.Tensor]:
@@ -101,6 +103,7 @@ class FastV(RetentionPolicy):
     """
 
     name = "fastv"
+    positive_options = ("window",)
     window: int = 1
     layer: int = 2
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 
 from ..cache import EMPTY
-from ..errors import UnknownPolicyError
+from ..errors import ConfigError, UnknownPolicyError
 
 
 @dataclass
@@ -92,6 +92,9 @@ class RetentionPolicy(ABC):
     evicts: ClassVar[bool] = True
     uses_vision_saliency: ClassVar[bool] = False  # engine taps the vision encoder (VisionZip)
     preferred_allocation: ClassVar[str] = "global"  # used when the config names none
+    # Whole-number options that must be at least 1 (others that default to a whole number must
+    # be at least 0): checked when the policy is built by name with options.
+    positive_options: ClassVar[tuple[str, ...]] = ()
 
     def init_state(
         self, layer: int, hidden: torch.Tensor | None, keys: torch.Tensor
@@ -132,4 +135,22 @@ def build_policy(policy: str | RetentionPolicy, **kwargs) -> RetentionPolicy:
     if policy not in POLICIES:
         names = ", ".join(sorted(POLICIES))
         raise UnknownPolicyError(f"unknown policy {policy!r}; registered policies: {names}")
-    return POLICIES[policy](**kwargs)
+    cls = POLICIES[policy]
+    _check_options(cls, kwargs)
+    return cls(**kwargs)
+
+
+def _check_options(cls: type[RetentionPolicy], options: dict[str, Any]) -> None:
+    """Options of a whole-number default are whole numbers in range; unknown ones are named."""
+    defaults = {f.name: f.default for f in fields(cls) if f.init}
+    for name, value in options.items():
+        if name not in defaults:
+            known = ", ".join(sorted(defaults)) or "none"
+            raise ConfigError(f"policy {cls.name!r} has no option {name!r}; its options: {known}")
+        if isinstance(defaults[name], int) and not isinstance(defaults[name], bool):
+            low = 1 if name in cls.positive_options else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(
+                    f"policy_kwargs[{name!r}] of {cls.name!r} must be a whole number >= {low}, "
+                    f"got {value!r}"
+                )

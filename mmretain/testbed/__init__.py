@@ -11,10 +11,14 @@ The models ship inside the package as hub-style checkpoints, so everything runs 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ModelLoadError, UnknownTestbedModelError
-from .batching import training_batches
+from ..lazy import lazy_exports
 from .suites import SUITES, Sample, make_sample, samples
+
+if TYPE_CHECKING:
+    from .batching import training_batches
 
 MODELS_DIR = Path(__file__).parent / "models"
 # Public name -> directory under models/ (one per architecture).
@@ -31,9 +35,11 @@ def model_path(name: str = "testbed") -> Path:
     if not (path / "model.safetensors").is_file():
         raise ModelLoadError(
             f"the {name!r} checkpoint is missing from {path}; reinstall mmretain, or train it with "
-            f"`python -m mmretain.testbed train --arch {MODELS[name]} --out {path}`"
+            f"`mmretain testbed train --arch {MODELS[name]} --out {path}`"
         )
     return path
 
 
+# Training batches are torch tensors: imported on first use, so the suites load without torch.
+__getattr__, __dir__ = lazy_exports(__name__, {"training_batches": "batching"})
 __all__ = ["MODELS", "SUITES", "Sample", "make_sample", "model_path", "samples", "training_batches"]

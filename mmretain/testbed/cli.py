@@ -1,8 +1,4 @@
-"""Test-bed commands: train a model, write a needle video, evaluate the shipped models.
-
-Run as ``python -m mmretain.testbed <command>``; ``add_testbed_commands`` mounts the same
-commands under a ``testbed`` sub-command of another parser, dispatched by ``run``.
-"""
+"""`mmretain testbed`: train a test-bed model, write a needle video, evaluate the shipped models."""
 
 from __future__ import annotations
 
@@ -62,7 +58,7 @@ def evaluate_command(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     paths = {name: model_path(name) for name in args.models.split(",")}
-    command = "python -m mmretain.testbed evaluate " + shlex.join(
+    command = "mmretain testbed evaluate " + shlex.join(
         ["--out", str(args.out), "--models", args.models, "--samples", str(args.samples)]
     )
     evaluate_checkpoints(paths, Path(args.out), command, args.samples)
@@ -105,19 +101,12 @@ def _add_commands(commands) -> None:
     evaluate.set_defaults(handler=evaluate_command)
 
 
-def add_testbed_commands(subparsers) -> None:
-    """Add ``testbed train|make-video|evaluate`` to an argparse sub-parser collection."""
-    testbed = subparsers.add_parser("testbed", help="procedural suites and the test-bed models")
-    _add_commands(testbed.add_subparsers(dest="testbed_command", required=True))
-
-
-def run(args: argparse.Namespace) -> None:
-    """Run the test-bed command that ``args`` were parsed for."""
-    args.handler(args)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmretain.testbed", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mmretain testbed",
+        description="The test-bed: tiny models trained on procedural image and video suites. "
+        "Train one, write a needle video with its question, or measure the shipped models.",
+    )
     _add_commands(parser.add_subparsers(dest="testbed_command", required=True))
     args = parser.parse_args(argv)
-    return run_command("mmretain testbed", lambda: run(args))
+    return run_command(parser.prog, lambda: args.handler(args))
