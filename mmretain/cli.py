@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .command import run_command
-from .defaults import AUTO, DEFAULT_BUDGET
+from .defaults import AUTO, DEFAULT_BUDGET, POLICY_NAMES
 from .errors import UsageError
 
 DEFAULT_MODEL = "testbed"
@@ -43,7 +43,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policy",
         default=AUTO,
-        help="retention policy (default: global when the model ships tied gates, else snapkv)",
+        help=f"retention policy: {', '.join(POLICY_NAMES)} (default: global when the model "
+        "ships tied gates, else snapkv)",
     )
     parser.add_argument(
         "--budget",
@@ -252,6 +253,13 @@ def chat(args) -> None:
         "Type a message; /reset starts over, /quit leaves.",
         file=sys.stderr,
     )
+    from .testbed import MODELS
+    from .testbed.suites.image_needle import PROMPTS
+
+    if args.model in MODELS:
+        # A tiny model trained on three questions: others get no end of turn, so say them.
+        asked = "; ".join(f"'{q}'" for q in PROMPTS.values())
+        print(f"The test-bed model answers, in one word: {asked}.", file=sys.stderr)
     for line in _lines(sys.stdin):
         text = _utf8(line.strip(), "the message")
         if text == "/quit":

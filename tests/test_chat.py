@@ -118,3 +118,20 @@ def test_cli_chat_non_utf8_input_is_one_line(checkpoint, image_file, monkeypatch
     assert err.splitlines()[-1] == (
         "mmretain: error: the message holds bytes that are not UTF-8 text; give it as UTF-8"
     )
+
+
+def test_cli_chat_on_the_testbed_model_stops_at_its_one_word_answer(
+    image_file, monkeypatch, capsys
+):
+    """The test-bed model ends its turn after one word on the questions it was trained on, and
+    the chat names them; on others a tiny model may run on to --max-new-tokens."""
+    from mmretain.testbed.suites import make_sample
+
+    sample = make_sample("image-needle", 0, split="eval", question="colour")
+    sample.images[0].save(image_file)
+    question = sample.messages[-1]["content"][-1]["text"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{question}\n/quit\n"))
+    assert cli.main(["chat", "--image", str(image_file)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{sample.answer}\n"
+    assert f"The test-bed model answers, in one word: '{question}';" in err

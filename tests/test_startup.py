@@ -57,3 +57,10 @@ def test_import_mmretain_is_lazy_and_complete():
     import mmretain
 
     assert done.stdout.split() == ["False", "True", str(len(mmretain.__all__))]
+
+
+def test_help_lists_every_registered_policy():
+    from mmretain.defaults import POLICY_NAMES
+    from mmretain.policies import POLICIES
+
+    assert sorted(POLICY_NAMES) == sorted(POLICIES)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..cli import DEFAULT_MODEL
 from ..command import run_command
+from ..defaults import POLICY_NAMES
 from .tasks import SUITES
 
 
@@ -33,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MODEL,
         help="checkpoint directory or hub id (default: the embedded test-bed model)",
     )
-    parser.add_argument("--policies", default="full,snapkv", help="comma-separated policies")
+    parser.add_argument(
+        "--policies",
+        default="full,snapkv",
+        help=f"comma-separated policies, of: {', '.join(POLICY_NAMES)} (default: full,snapkv)",
+    )
     parser.add_argument(
         "--budgets",
         default="0.05,0.1,0.25",
