@@ -95,10 +95,16 @@ def worker(args: argparse.Namespace) -> None:
             with press(model):
                 model(input_ids=ids, past_key_values=cache)
             times.append(time.perf_counter() - start)
-        logits = model(input_ids=torch.tensor([[NEXT_TOKEN]]), past_key_values=cache).logits[0, -1]
-    kept = kept_positions(
-        [layer.keys for layer in cache.layers], [layer.keys for layer in full.layers]
-    )
+        kept = kept_positions(
+            [layer.keys for layer in cache.layers], [layer.keys for layer in full.layers]
+        )
+        # The cache is shorter than the prompt now: give the next token its true position, as
+        # mmretain does (kvpress's cache would otherwise place it at the kept length).
+        logits = model(
+            input_ids=torch.tensor([[NEXT_TOKEN]]),
+            position_ids=torch.tensor([[length]]),
+            past_key_values=cache,
+        ).logits[0, -1]
     print(json.dumps({"seconds": times, "kept": kept, "logits": logits.tolist()}))
 
 
@@ -129,10 +135,10 @@ def mmretain_side(model_dir: Path, length: int, repeats: int) -> dict:
                 start = time.perf_counter()
                 model(input_ids=ids, **cache_kwargs(cache), logits_to_keep=1)
                 times.append(time.perf_counter() - start)
+                # Read before decoding: a decode step past the budget evicts again, down to the
+                # budget less the decode buffer, where kvpress never evicts after the prefill.
+                kept = [[sorted(p[0].tolist()) for p in layer.positions] for layer in cache.layers]
                 logits = model(input_ids=torch.tensor([[NEXT_TOKEN]]), **cache_kwargs(cache))
-    kept = [[sorted(p[0].tolist()) for p in layer.positions] for layer in cache.layers]
-    # The decoded token itself is the last entry of every head now: leave it out.
-    kept = [[[i for i in head if i < length] for head in layer] for layer in kept]
     return {"seconds": times, "stock": stock, "kept": kept, "logits": logits.logits[0, -1].tolist()}
 
 

@@ -39,13 +39,16 @@ class SnapKV(RetentionPolicy):
         for h in range(view.n_kv_heads):
             votes = _group_mean_window(view, h).mean(dim=1)  # [b, L]
             if self.kernel > 1:
-                votes = F.avg_pool1d(
-                    votes[:, None],
+                # As SnapKV's reference code does: pool only the entries before the window,
+                # zero-padded at both ends (the window's own entries keep their votes).
+                before = view.positions[h] < view.window_positions[0]
+                pooled = F.avg_pool1d(
+                    torch.where(before, votes, 0.0)[:, None],
                     self.kernel,
                     stride=1,
                     padding=self.kernel // 2,
-                    count_include_pad=False,
                 )[:, 0, : votes.shape[1]]
+                votes = torch.where(before, pooled, votes)
             scores.append(votes)
         return scores
 

@@ -1,0 +1,46 @@
+"""Policy scores against their papers' reference computations, written out independently."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mmretain.policies.attention import SnapKV
+from mmretain.policies.base import LayerView
+
+
+def test_snapkv_pools_only_the_entries_before_the_window_as_its_reference_code():
+    """SnapKV's reference (and kvpress): the window's mean attention over the keys before it,
+    averaged over each KV head's query group, avg-pooled with zero padding at both ends."""
+    torch.manual_seed(0)
+    b, kv_heads, group, length, window, d, kernel = 1, 2, 3, 40, 8, 16, 5
+    keys = torch.randn(b, kv_heads, length, d)
+    queries = torch.randn(b, kv_heads * group, window, d)
+    positions = torch.arange(length)
+    view = LayerView(
+        layer=0,
+        keys=[keys[:, h] for h in range(kv_heads)],
+        positions=[positions[None] for _ in range(kv_heads)],
+        state=[torch.zeros(b, length) for _ in range(kv_heads)],
+        modality=[torch.zeros(b, length, dtype=torch.int8) for _ in range(kv_heads)],
+        window=queries,
+        window_positions=positions[-window:],
+        scaling=1 / math.sqrt(d),
+        tokens_seen=length,
+    )
+    scores = SnapKV(window=window, kernel=kernel).score(view)
+
+    repeated = keys.repeat_interleave(group, dim=1)  # every query head sees its KV head
+    logits = queries @ repeated.transpose(2, 3) / math.sqrt(d)
+    causal = torch.ones(window, length, dtype=torch.bool).tril(diagonal=length - window)
+    probs = logits.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+    before = probs[..., : length - window].mean(dim=2)  # [b, query heads, L - W]
+    pooled = F.avg_pool1d(before, kernel, stride=1, padding=kernel // 2)
+    reference = pooled.view(b, kv_heads, group, -1).mean(dim=2)
+    for h in range(kv_heads):
+        torch.testing.assert_close(scores[h][:, : length - window], reference[:, h])
+        # The window's own entries rank by their votes, unpooled.
+        own = probs[:, h * group : (h + 1) * group, :, length - window :].mean(dim=(1, 2))
+        torch.testing.assert_close(scores[h][:, length - window :], own)
