@@ -59,3 +59,27 @@ def test_a_path_that_is_not_a_directory_is_named(name):
 def test_testbed_names_resolve_to_shipped_directories():
     path, local = checkpoint_location("testbed-llava")
     assert local and path.endswith("llava-onevision")
+
+
+def test_a_pickled_only_checkpoint_is_refused_unread(tmp_path, monkeypatch):
+    """Every loader reads safetensors only: a .bin checkpoint is never unpickled."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mmretain.api import load_model
+
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("a pickle was read"))
+    with pytest.raises(ModelLoadError, match=r"no file named model\.safetensors"):
+        load_model(tmp_path)
