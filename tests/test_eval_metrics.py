@@ -11,9 +11,11 @@ from mmretain.eval.metrics import (
     levenshtein,
     mme_scores,
     normalize_vqa_answer,
+    parse_mme_yes_no,
     parse_yes_no,
     pope_scores,
     relaxed_accuracy,
+    textvqa_accuracy,
     vqa_accuracy,
 )
 from mmretain.eval.scorers import MMEScore, OptionLetter, YesNo
@@ -78,7 +80,8 @@ def test_chartqa_relaxed_accuracy_allows_five_percent():
     assert relaxed_accuracy("12", "12.5") == 1.0  # 4% off
     assert relaxed_accuracy("11", "12.5") == 0.0  # 12% off
     assert relaxed_accuracy("5%", "0.05") == 1.0  # percentages are fractions
-    assert relaxed_accuracy(" Yes", "yes") == 1.0  # text: exact, ignoring case
+    assert relaxed_accuracy("Yes", "yes") == 1.0  # text: exact, ignoring case
+    assert relaxed_accuracy("yes ", "yes") == 0.0  # nothing stripped, as lmms-eval 0.7.3
     assert relaxed_accuracy("0.0", "0") == 0.0  # a zero reference allows no relative error
 
 
@@ -181,3 +184,37 @@ def test_m_avg_averages_task_types_not_questions():
 def test_error_rows_without_a_reference_are_not_scored():
     rows = [{"score": 1.0, "answer": "A"}, {"score": 0.0, "answer": None, "error": "KeyError"}]
     assert OptionLetter().summarize(rows)["score"] == 100.0
+
+
+@pytest.mark.parametrize(
+    ("prediction", "read"),
+    [
+        ("Yes", "yes"),
+        ("no.", "no"),
+        ("Yes, there is a dog.", "yes"),
+        ("I think yes", None),  # only the first four characters count
+        ("There is no dog", None),
+        ("None", "no"),
+        ("nope", "no"),
+        ("y", "yes"),
+        ("n", "no"),
+        ("b", None),
+        ("", None),
+    ],
+)
+def test_mme_reads_yes_and_no_as_lmms_eval(prediction, read):
+    assert parse_mme_yes_no(prediction) == read
+    assert MMEScore().score(prediction, "yes", ()).parsed == read
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "score"),
+    [
+        ("hes", "he's", 0.0),  # "'s" is split off before the contractions are read
+        ("red,white", "redwhite", 1.0),  # commas dropped first
+        ("What?", "what", 1.0),
+        ("Two", "2", 1.0),
+    ],
+)
+def test_textvqa_normalises_as_lmms_eval(prediction, reference, score):
+    assert textvqa_accuracy(prediction, [reference] * 10) == score

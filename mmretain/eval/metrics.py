@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import string
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 # -- VQA answer normalisation --------------------------------------------------------------------
@@ -168,7 +168,19 @@ def normalize_vqa_answer(text: str) -> str:
     return " ".join(_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES)
 
 
-def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+def normalize_textvqa_answer(text: str) -> str:
+    """TextVQA's normalisation in lmms-eval 0.7.3 (EvalAI's answer processor): commas and
+    question marks dropped and "'s" split off first, then the VQA normalisation. So "hes" does
+    not match "he's", and "red,white" matches "redwhite"."""
+    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's")
+    return normalize_vqa_answer(text)
+
+
+def vqa_accuracy(
+    prediction: str,
+    answers: Sequence[str],
+    normalize: Callable[[str], str] = normalize_vqa_answer,
+) -> float:
     """Mean over the leave-one-out subsets of the human answers of min(1, matches / 3).
 
     Both sides are normalised (as the evaluation server does for submissions and the TextVQA
@@ -176,11 +188,16 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     """
     if not answers:
         raise ValueError("VQA accuracy needs at least one human answer")
-    predicted = normalize_vqa_answer(prediction)
-    hits = [normalize_vqa_answer(answer) == predicted for answer in answers]
+    predicted = normalize(prediction)
+    hits = [normalize(answer) == predicted for answer in answers]
     matches = sum(hits)
     # Leaving answer i out removes it from the matches when it matched.
     return sum(min(1.0, (matches - hit) / 3) for hit in hits) / len(hits)
+
+
+def textvqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """VQA accuracy with TextVQA's normalisation (`normalize_textvqa_answer`)."""
+    return vqa_accuracy(prediction, answers, normalize_textvqa_answer)
 
 
 # -- exact match ---------------------------------------------------------------------------------
@@ -246,13 +263,13 @@ def _number(text: str) -> float | None:
 
 def relaxed_accuracy(prediction: str, answer: str, tolerance: float = 0.05) -> float:
     """1 if a numeric answer is within ``tolerance`` (relative) of the reference, or a
-    non-numeric one matches it ignoring case. As in the reference, a reference of 0 allows no
-    relative error and is compared as text."""
-    predicted, reference = prediction.strip(), answer.strip()
-    value, target = _number(predicted), _number(reference)
+    non-numeric one matches it ignoring case. As in the reference (and lmms-eval), a reference
+    of 0 allows no relative error and is compared as text, and nothing is stripped: "yes " is
+    not "yes"."""
+    value, target = _number(prediction), _number(answer)
     if value is not None and target:
         return float(abs(value - target) / abs(target) <= tolerance)
-    return float(predicted.lower() == reference.lower())
+    return float(prediction.lower() == answer.lower())
 
 
 # -- yes / no ------------------------------------------------------------------------------------
@@ -271,6 +288,19 @@ def parse_yes_no(text: str) -> str | None:
     if "no" in words or "not" in words:
         return "no"
     return "yes" if "yes" in words else None
+
+
+def parse_mme_yes_no(text: str) -> str | None:
+    """ "yes", "no" or None, read as lmms-eval 0.7.3 reads MME answers (after Otter's eval):
+    full stops dropped; "y"/"n" alone count; otherwise only the first four characters are
+    looked at, "yes" there before "no" ("None" and "nope" are no; "I think yes" is unparsed)."""
+    said = text.lower().strip().replace(".", "")
+    if said in ("yes", "no"):
+        return said
+    if len(said) == 1:
+        return {"y": "yes", "n": "no"}.get(said)
+    head = said[:4]
+    return "yes" if "yes" in head else "no" if "no" in head else None
 
 
 @dataclass(frozen=True)

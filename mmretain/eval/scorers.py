@@ -21,6 +21,7 @@ from .metrics import (
     extract_option_letter,
     mme_scores,
     option_letters,
+    parse_mme_yes_no,
     parse_yes_no,
     pope_scores,
 )
@@ -108,9 +109,11 @@ class YesNoAnswer(Scorer):
     reference's ("yes" or "no")."""
 
     parses: ClassVar[bool] = True
+    # How the benchmark's reference evaluation reads a yes or a no from a reply.
+    parse: ClassVar[Callable[[str], str | None]] = staticmethod(parse_yes_no)
 
     def score(self, prediction: str, answer: Any, options: Sequence[str]) -> Scored:
-        said = parse_yes_no(prediction)
+        said = self.parse(prediction)
         return Scored(float(said is not None and said == answer), said)
 
 
@@ -147,6 +150,7 @@ class MMEScore(YesNoAnswer):
     subtask: str = "category"
     image: str = "question_id"
     headline = "perception"
+    parse = staticmethod(parse_mme_yes_no)
 
     def _scores(self, rows: Sequence[Row]) -> dict[str, float]:
         return mme_scores(

@@ -34,7 +34,7 @@ from .data import (
     load_split,
     locate,
 )
-from .metrics import anls, exact_match, relaxed_accuracy, vqa_accuracy
+from .metrics import anls, exact_match, relaxed_accuracy, textvqa_accuracy, vqa_accuracy
 from .prompts import MultipleChoice, Options, Prompt, ShortAnswer
 from .sample import EvalSample, MediaSettings, Reference, image_question
 from .scorers import Averaged, MMEScore, OptionLetter, Scorer, YesNo
@@ -249,7 +249,7 @@ TASKS: dict[str, Task] = {
             "vqa",
             HubSplit("lmms-lab/textvqa", "validation"),
             ShortAnswer(capitalize=True),
-            Averaged(vqa_accuracy, "VQA accuracy"),
+            Averaged(textvqa_accuracy, "VQA accuracy"),
             texts("answers"),
             "question_id",
         ),
@@ -258,7 +258,7 @@ TASKS: dict[str, Task] = {
             "vqa",
             HubSplit("lmms-lab/textvqa", "validation"),
             ShortAnswer(capitalize=True, ocr="ocr_tokens"),
-            Averaged(vqa_accuracy, "VQA accuracy"),
+            Averaged(textvqa_accuracy, "VQA accuracy"),
             texts("answers"),
             "question_id",
         ),
