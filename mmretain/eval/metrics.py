@@ -235,15 +235,17 @@ def levenshtein(a: str, b: str) -> int:
 
 def anls(prediction: str, answers: Sequence[str], threshold: float = 0.5) -> float:
     """Average Normalized Levenshtein Similarity of one answer: the best over the references of
-    1 - NL, where NL is the edit distance over the longer length; 0 once NL reaches
-    ``threshold`` (the paper's s = 1 - NL if NL < τ else 0)."""
+    1 - NL, where NL is the edit distance of the normalised strings (case, spaces) over the
+    longer raw length, as lmms-eval divides (" abc " against "abcd": 0.8); 0 once NL reaches
+    ``threshold`` (the paper's s = 1 - NL if NL < τ else 0, where lmms-eval keeps NL = τ)."""
     if not answers:
         raise ValueError("ANLS needs at least one reference answer")
     predicted = " ".join(prediction.strip().lower().split())
     best = 0.0
     for answer in answers:
         reference = " ".join(answer.strip().lower().split())
-        longest = max(len(predicted), len(reference))
+        # Upper-cased lengths, as lmms-eval measures them ("ß" counts two).
+        longest = max(len(prediction.upper()), len(answer.upper()))
         distance = levenshtein(predicted, reference) / longest if longest else 0.0
         if distance < threshold:
             best = max(best, 1.0 - distance)
