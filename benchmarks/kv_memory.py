@@ -37,6 +37,8 @@ import subprocess
 import sys
 import time
 
+from child import run_json
+
 from mmretain.compat import cache_kwargs
 
 MIB = 1024 * 1024
@@ -82,27 +84,18 @@ def greedy_decode(model, token, cache, steps: int) -> None:
         token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
 
 
-def stock_decode_s(model, tokens: int, steps: int, vocab: int) -> float:
-    """Seconds per token of the stock model decoding from a cache of ``tokens`` tokens."""
-    import torch
+def stock_s(model, prompt, steps: int) -> tuple[float, float]:
+    """The stock model's seconds for a one-call prefill of ``prompt``, and per token of
+    ``steps`` greedy steps decoded from it."""
     from transformers import DynamicCache
 
-    prompt = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(7))
     cache = DynamicCache(config=model.config)
+    start = time.perf_counter()
     out = model(input_ids=prompt, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
+    prefill_s = time.perf_counter() - start
     start = time.perf_counter()
     greedy_decode(model, out.logits[:, -1].argmax(dim=-1, keepdim=True), cache, steps)
-    return (time.perf_counter() - start) / steps
-
-
-def stock_prefill_s(model, prompt) -> float:
-    """Seconds of the stock model's one-call prefill of ``prompt``."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    start = time.perf_counter()
-    model(input_ids=prompt, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
-    return time.perf_counter() - start
+    return prefill_s, (time.perf_counter() - start) / steps
 
 
 def run_one(args: argparse.Namespace) -> dict:
@@ -140,15 +133,15 @@ def run_one(args: argparse.Namespace) -> dict:
 
         stats = cache.stats
         kv_per_entry = cache.kv_bytes_per_entry()
-    with torch.inference_mode():
-        kept_tokens = stats.entries_kept // (
-            MODEL["num_hidden_layers"] * MODEL["num_key_value_heads"]
-        )
-        stock_decode = stock_decode_s(model, kept_tokens, args.decode_tokens, MODEL["vocab_size"])
-        stock_prefill = stock_prefill_s(model, prompt) if policy == "full" else None
-    # ru_maxrss is in KiB on Linux and in bytes on macOS.
+    # The row's peak, read before the stock model runs. ru_maxrss: KiB on Linux, bytes on macOS.
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rss_bytes = rss if sys.platform == "darwin" else rss * 1024
+    with torch.inference_mode():
+        # The stock model decodes from a cache of the tokens the row kept (the prompt's first
+        # ones; the full row's is the whole prompt, whose prefill is timed too).
+        kept = prompt[:, : int(stats.tokens_kept_total)]
+        stock_prefill, stock_decode = stock_s(model, kept, args.decode_tokens)
+        stock_prefill = stock_prefill if policy == "full" else None
     return {
         "length": length,
         "policy": policy,
@@ -243,14 +236,14 @@ def sweep(args: argparse.Namespace) -> None:
             "--seed",
             str(args.seed),
         ]
-        child = subprocess.run(command, capture_output=True, text=True)
-        if child.returncode != 0:
-            print(child.stderr, file=sys.stderr)
-            failed = f"failed (exit {child.returncode})"
+        try:
+            result = run_json(command)
+        except subprocess.CalledProcessError as error:
+            print(error.stderr, file=sys.stderr)
+            failed = f"failed (exit {error.returncode})"
             cells = (str(length), policy, budget, failed, *[""] * (len(COLUMNS) - 4))
             print("| " + " | ".join(cells) + " |", flush=True)
             continue
-        result = json.loads(child.stdout.strip().splitlines()[-1])
         loads.append(result["load_average"])
         if result["stock_prefill_s"] is not None:
             stock_prefill[length] = result["stock_prefill_s"]

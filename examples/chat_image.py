@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import mmretain
+from mmretain.defaults import AUTO, DEFAULT_BUDGET
 from mmretain.testbed.suites import make_sample
 
 
@@ -23,8 +24,7 @@ def testbed_image(folder: Path) -> tuple[Path, list[str], list[str]]:
     sample = make_sample("image-needle", 0, split="eval", question="colour")
     path = folder / "needle.png"
     sample.images[0].save(path)
-    asked = [(sample.messages[-1]["content"][-1]["text"], sample.answer), *sample.followups]
-    return path, [q for q, _ in asked], [a for _, a in asked]
+    return path, [q for q, _ in sample.questions], [a for _, a in sample.questions]
 
 
 def main() -> None:
@@ -32,17 +32,16 @@ def main() -> None:
     parser.add_argument("image", nargs="?", help="an image file (default: a test-bed picture)")
     parser.add_argument("-q", "--question", action="append", dest="questions")
     parser.add_argument("--model", default="testbed", help="checkpoint directory or hub id")
-    parser.add_argument("--policy", default=None, help="default: the best the model ships")
-    parser.add_argument("--budget", default=None, help="default: 0.25 of the prompt")
+    parser.add_argument("--policy", default=AUTO, help="default: the best the model ships")
+    parser.add_argument("--budget", default=str(DEFAULT_BUDGET), help="default: 0.25 of the prompt")
     args = parser.parse_args()
-    options = {k: v for k, v in (("policy", args.policy), ("budget", args.budget)) if v}
     with tempfile.TemporaryDirectory() as tmp:
         if args.image:
             image, questions, expected = args.image, args.questions or ["what is this ?"], []
         else:
             image, questions, expected = testbed_image(Path(tmp))
-        vlm = mmretain.load(args.model, **options)
-        print(f"policy {vlm.run.policy.name}, KV budget {vlm.config.parsed_budget}")
+        vlm = mmretain.load(args.model, args.policy, args.budget)
+        print(vlm.describe())
         messages: list[dict] = []
         for turn, question in enumerate(questions):
             content = [{"type": "text", "text": question}]
@@ -54,7 +53,7 @@ def main() -> None:
             want = f"  (expected: {expected[turn]})" if expected else ""
             print(f"> {question}\n{reply.text}{want}")
             print(
-                f"  [{s.tokens_seen} tokens seen, {sum(s.tokens_kept.values()):.1f} kept: "
+                f"  [{s.tokens_seen} tokens seen, {s.tokens_kept_total:.1f} kept: "
                 f"{s.kv_fraction:.0%} of a full cache]"
             )
             messages.append(

@@ -72,7 +72,7 @@ def main() -> None:
             kept = {k: round(v, 1) for k, v in s.tokens_kept.items() if v}
             print(
                 f"{policy:<10} {torch.equal(answer, reference)!s:>11} "
-                f"{sum(s.tokens_kept.values()):>4.0f}/{s.tokens_seen:<5} "
+                f"{s.tokens_kept_total:>4.0f}/{s.tokens_seen:<5} "
                 f"{s.bytes_held:>9} {s.kv_fraction:>8.1%}  {kept}"
             )
 

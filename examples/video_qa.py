@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import mmretain
+from mmretain.defaults import AUTO, DEFAULT_BUDGET
 from mmretain.media import write_video
 from mmretain.testbed.suites import make_sample
 
@@ -24,8 +25,7 @@ def needle_video(folder: Path, frames: int) -> tuple[Path, list[str], list[str]]
     sample = make_sample("video-needle", 0, split="eval", seed=3, length=frames, question="colour")
     path = folder / "needle.mp4"
     write_video(path, sample.videos[0], fps=1)
-    asked = [(sample.messages[-1]["content"][-1]["text"], sample.answer), *sample.followups]
-    return path, [q for q, _ in asked], [a for _, a in asked]
+    return path, [q for q, _ in sample.questions], [a for _, a in sample.questions]
 
 
 def main() -> None:
@@ -33,19 +33,18 @@ def main() -> None:
     parser.add_argument("video", nargs="?", help="a video file (default: a test-bed needle video)")
     parser.add_argument("-q", "--question", action="append", dest="questions")
     parser.add_argument("--model", default="testbed", help="checkpoint directory or hub id")
-    parser.add_argument("--policy", default=None, help="default: the best the model ships")
-    parser.add_argument("--budget", default=None, help="default: 0.25 of the prompt")
+    parser.add_argument("--policy", default=AUTO, help="default: the best the model ships")
+    parser.add_argument("--budget", default=str(DEFAULT_BUDGET), help="default: 0.25 of the prompt")
     parser.add_argument("--frames", type=int, default=128, help="frames of the test-bed video")
     args = parser.parse_args()
-    options = {k: v for k, v in (("policy", args.policy), ("budget", args.budget)) if v}
     with tempfile.TemporaryDirectory() as tmp:
         if args.video:
             video, questions, expected = args.video, args.questions or ["what happens ?"], []
         else:
             video, questions, expected = needle_video(Path(tmp), args.frames)
-        vlm = mmretain.load(args.model, **options)
+        vlm = mmretain.load(args.model, args.policy, args.budget)
         answers = vlm.answer_video(video, questions, fps=1, chunk_frames=16)
-    print(f"policy {vlm.run.policy.name}, KV budget {vlm.config.parsed_budget}")
+    print(vlm.describe())
     for i, answer in enumerate(answers):
         want = f"  (expected: {expected[i]})" if expected else ""
         print(f"Q: {answer.question}\nA: {answer.text}{want}")
@@ -53,7 +52,7 @@ def main() -> None:
     kept = {k: round(v, 1) for k, v in stats.tokens_kept.items() if v}
     print(
         f"{answers[0].frames} frames, {stats.tokens_seen} tokens seen, "
-        f"{sum(stats.tokens_kept.values()):.1f} kept ({stats.kv_fraction:.1%} of a full cache: "
+        f"{stats.tokens_kept_total:.1f} kept ({stats.kv_fraction:.1%} of a full cache: "
         f"{stats.bytes_held:,} bytes, peak {stats.peak_bytes_held:,}); tokens kept by "
         f"modality: {kept}"
     )

@@ -64,6 +64,10 @@ class RetainedVLM:
     def tokenizer(self):
         return getattr(self.processor, "tokenizer", self.processor)
 
+    def describe(self) -> str:
+        """What runs, in one line: "policy global, KV budget 0.25 of the prompt (25%)"."""
+        return f"policy {self.run.policy.name}, KV budget {self.config.parsed_budget}"
+
     @contextmanager
     def _hooked(self):
         """Hooks live only while the library runs the model: a user's own calls see it as is."""

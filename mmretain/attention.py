@@ -60,7 +60,7 @@ def retention_attention(
     group = n_query_heads // n_kv
     query_positions = torch.arange(layer.seen - q, layer.seen, device=query.device)
     run.on_new_entries(layer, module.layer_idx, kwargs.get(HIDDEN_KWARG), key)
-    if layer.seen == q and bool((layer.positions[0] != EMPTY).all()):
+    if layer.seen == q and not layer.has_empty:
         # The cache held nothing before this call and no token is padding: every head holds
         # exactly the new keys in order, so the fused causal kernel is exact.
         out = F.scaled_dot_product_attention(
@@ -95,8 +95,7 @@ def _attend_head(
     if q == 1:
         # Every stored entry precedes a decoded token: only empty slots need masking, the same
         # for the whole query group, whose heads then go in as one head's queries (no GQA path).
-        filled = layer.positions[h] != EMPTY
-        mask = None if bool(filled.all()) else filled[:, None, None, :]
+        mask = (layer.positions[h] != EMPTY)[:, None, None, :] if layer.has_empty else None
         b, g, _, d = query.shape
         out = F.scaled_dot_product_attention(
             query.reshape(b, 1, g, d),

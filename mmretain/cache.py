@@ -62,6 +62,11 @@ class RetentionStats:
         return sum(len(heads) for heads in self.kept_by_head) or 1
 
     @property
+    def tokens_kept_total(self) -> float:
+        """Entries kept over `slots`: the tokens' worth of cache held, all modalities."""
+        return self.entries_kept / self.slots
+
+    @property
     def tokens_kept(self) -> dict[str, float]:
         """Entries kept per modality over `slots`: a token kept everywhere counts once."""
         return {name: kept / self.slots for name, kept in self.kept_by_modality.items()}
@@ -74,6 +79,7 @@ class Incoming:
     modality: torch.Tensor  # int8 [b, q]
     valid: torch.Tensor  # bool [b, q]; False for prompt padding
     prior: torch.Tensor | None = None  # float [b, q]: initial state, e.g. vision saliency
+    all_valid: bool = True  # no padding among them (read once per forward, not per head)
 
 
 class RetentionLayer(DynamicLayer):
@@ -94,8 +100,13 @@ class RetentionLayer(DynamicLayer):
         self.state: list[torch.Tensor] = []
         self.modality: list[torch.Tensor] = []
         self.new_tokens = 0  # length of the latest update, so the attention function finds them
-        # nbytes(), kept up to date at every update and eviction: the peak is read per update.
+        # nbytes(), kept up to date at every update and eviction (the owner sums the layers'
+        # changes, so its peak costs nothing per update); bytes of one entry, set at the first.
         self.held_bytes = 0
+        self.entry_bytes = 0
+        # Whether any head holds an empty slot (padding): without one, attention needs no mask
+        # for a decoded token, and a first prefill runs the fused causal kernel.
+        self.has_empty = False
         # The latest post-RoPE queries [b, heads, W, d] and their positions [W], for policies
         # that score with an observation window (SnapKV); and the layer's attention scale.
         self.window: torch.Tensor | None = None
@@ -105,6 +116,11 @@ class RetentionLayer(DynamicLayer):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         b, n_heads, _, d = key_states.shape
+        self.entry_bytes = (
+            d * key_states.element_size()
+            + value_states.shape[-1] * value_states.element_size()
+            + METADATA_BYTES_PER_ENTRY
+        )
         empty = key_states.new_empty((b, 0, d))
         self.keys_by_head = [empty for _ in range(n_heads)]
         self.values_by_head = [value_states.new_empty((b, 0, value_states.shape[-1]))] * n_heads
@@ -142,14 +158,14 @@ class RetentionLayer(DynamicLayer):
             self.modality[h] = torch.cat([self.modality[h], incoming.modality], dim=1)
         self.seen += q
         self.new_tokens = q
-        entry = (
-            key_states.shape[-1] * key_states.element_size()
-            + value_states.shape[-1] * value_states.element_size()
-            + METADATA_BYTES_PER_ENTRY
-        )
-        self.held_bytes += b * n_heads * q * entry
-        self.owner.note_growth()
+        self.has_empty |= not incoming.all_valid
+        self._hold(self.held_bytes + b * n_heads * q * self.entry_bytes)
         return key_states, value_states
+
+    def _hold(self, nbytes: int) -> None:
+        """The layer now holds ``nbytes``; the owner's total and peak follow."""
+        self.owner.note_bytes(nbytes - self.held_bytes)
+        self.held_bytes = nbytes
 
     # -- sizes ---------------------------------------------------------------------------------
     def get_seq_length(self) -> int:
@@ -182,6 +198,7 @@ class RetentionLayer(DynamicLayer):
     # -- eviction ------------------------------------------------------------------------------
     def keep(self, masks: list[torch.Tensor]) -> None:
         """Keep the entries where ``masks[h]`` [b, L_h] is True; free the rest."""
+        padded = False  # empty slots go with the eviction, but rows keeping unequal counts pad
         for h, mask in enumerate(masks):
             mask = mask & (self.positions[h] != EMPTY)
             if mask.shape[0] == 1:
@@ -191,6 +208,7 @@ class RetentionLayer(DynamicLayer):
             # Rows keep different counts: pack kept entries to the left, pad to the longest row.
             counts = mask.sum(1)
             width = int(counts.max())
+            padded |= int(counts.min()) < width
             order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :width]
             filled = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
 
@@ -202,6 +220,7 @@ class RetentionLayer(DynamicLayer):
                 return torch.where(pad, out, torch.full_like(out, fill))
 
             self._select(h, gather)
+        self.has_empty = padded
 
     def _select(self, h: int, fn) -> None:
         self.keys_by_head[h] = fn(self.keys_by_head[h]).contiguous()
@@ -209,7 +228,7 @@ class RetentionLayer(DynamicLayer):
         self.positions[h] = fn(self.positions[h]).contiguous()
         self.state[h] = fn(self.state[h]).contiguous()
         self.modality[h] = fn(self.modality[h]).contiguous()
-        self.held_bytes = self.nbytes()
+        self._hold(self.nbytes())
 
     def reset(self) -> None:
         self.seen = 0
@@ -218,7 +237,8 @@ class RetentionLayer(DynamicLayer):
         self.scaling = 1.0
         self.keys_by_head, self.values_by_head = [], []
         self.positions, self.state, self.modality = [], [], []
-        self.held_bytes = 0
+        self._hold(0)
+        self.has_empty = False
         self.is_initialized = False
 
     def crop(self, tokens_to_remove: int) -> None:
@@ -254,6 +274,7 @@ class RetentionCache(Cache):
         # True only while a retention run's hooks drive a forward over this cache.
         self.hooked = False
         self.incoming: Incoming | None = None
+        self.held_bytes = 0  # the layers' held_bytes, summed as they change
         self.peak_bytes = 0
         self.evictions = 0
         # Length the prompt being prefilled will reach, known before its first chunk goes in.
@@ -292,7 +313,8 @@ class RetentionCache(Cache):
     def set_incoming(
         self, modality: torch.Tensor, valid: torch.Tensor, prior: torch.Tensor | None = None
     ) -> None:
-        self.incoming = Incoming(modality.to(_MODALITY_DTYPE), valid.to(torch.bool), prior)
+        valid = valid.to(torch.bool)
+        self.incoming = Incoming(modality.to(_MODALITY_DTYPE), valid, prior, bool(valid.all()))
         counts = torch.bincount(modality[valid].long().flatten().cpu(), minlength=len(Modality))
         self._seen_by_modality += counts[: len(Modality)]
 
@@ -303,15 +325,17 @@ class RetentionCache(Cache):
             modality = torch.full((b, q), int(code), dtype=_MODALITY_DTYPE)
             inc = Incoming(modality, torch.ones(b, q, dtype=torch.bool))
         prior = None if inc.prior is None else inc.prior.to(device, _STATE_DTYPE)
-        return Incoming(inc.modality.to(device), inc.valid.to(device), prior)
+        return Incoming(inc.modality.to(device), inc.valid.to(device), prior, inc.all_valid)
 
     def expect(self, tokens: int) -> None:
         """The prompt now being prefilled reaches ``tokens`` tokens in all (a fraction budget
         is taken of it)."""
         self.prompt_tokens = max(self.prompt_tokens, tokens)
 
-    def note_growth(self) -> None:
-        self.peak_bytes = max(self.peak_bytes, sum(layer.held_bytes for layer in self.layers))
+    def note_bytes(self, change: int) -> None:
+        """A layer's holding changed by ``change`` bytes."""
+        self.held_bytes += change
+        self.peak_bytes = max(self.peak_bytes, self.held_bytes)
 
     # -- reads ---------------------------------------------------------------------------------
     @property
@@ -329,14 +353,13 @@ class RetentionCache(Cache):
 
     def bytes_per_entry(self) -> int:
         """Bytes one (layer, head, position) entry costs: K + V + metadata."""
-        return self.kv_bytes_per_entry() + METADATA_BYTES_PER_ENTRY
+        layer = next(iter(self.initialized_layers), None)
+        return 0 if layer is None else layer.entry_bytes
 
     def kv_bytes_per_entry(self) -> int:
-        layer = next(iter(self.initialized_layers), None)
-        if layer is None:
-            return 0
-        k, v = layer.keys_by_head[0], layer.values_by_head[0]
-        return k.shape[-1] * k.element_size() + v.shape[-1] * v.element_size()
+        """Bytes of one entry's key and value alone."""
+        entry = self.bytes_per_entry()
+        return entry - METADATA_BYTES_PER_ENTRY if entry else 0
 
     @property
     def stats(self) -> RetentionStats:

@@ -222,7 +222,7 @@ def _answer_video(args, expected: str | None) -> None:
             )
         )
         return
-    print(f"policy {vlm.run.policy.name}, KV budget {vlm.config.parsed_budget}")
+    print(vlm.describe())
     for a in answers:
         print(f"Q: {a.question}\nA: {a.text}")
     if expected is not None:
@@ -249,8 +249,7 @@ def chat(args) -> None:
     messages: list[dict] = []
     first = True
     print(
-        f"policy {vlm.run.policy.name}, KV budget {vlm.config.parsed_budget}. "
-        "Type a message; /reset starts over, /quit leaves.",
+        f"{vlm.describe()}. Type a message; /reset starts over, /quit leaves.",
         file=sys.stderr,
     )
     from .testbed import MODELS
@@ -281,7 +280,7 @@ def chat(args) -> None:
         s = answer.stats
         print(answer.text)
         print(
-            f"[kept {sum(s.tokens_kept.values()):.1f} of {s.tokens_seen} tokens, "
+            f"[kept {s.tokens_kept_total:.1f} of {s.tokens_seen} tokens, "
             f"{s.kv_fraction:.0%} of a full cache]",
             file=sys.stderr,
         )

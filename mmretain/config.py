@@ -114,11 +114,9 @@ class RetentionConfig:
         policy = None
         if self.policy != AUTO:
             policy = build_policy(self.policy, **self.policy_kwargs)
+        # Derived once: the config is frozen, and the engine reads the budget at every step.
         object.__setattr__(self, "retention_policy", policy)
-
-    @property
-    def parsed_budget(self) -> Budget:
-        return Budget.parse(self.budget)
+        object.__setattr__(self, "parsed_budget", budget)
 
     @property
     def allocation_mode(self) -> str:

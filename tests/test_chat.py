@@ -129,7 +129,7 @@ def test_cli_chat_on_the_testbed_model_stops_at_its_one_word_answer(
 
     sample = make_sample("image-needle", 0, split="eval", question="colour")
     sample.images[0].save(image_file)
-    question = sample.messages[-1]["content"][-1]["text"]
+    question = sample.question
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{question}\n/quit\n"))
     assert cli.main(["chat", "--image", str(image_file)]) == 0
     out, err = capsys.readouterr()

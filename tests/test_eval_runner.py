@@ -340,6 +340,20 @@ def test_a_run_whose_first_samples_all_fail_stops_and_keeps_no_rows(
     assert rows_of(tmp_path, "vqav2", "full") == []  # left to run again once fixed
 
 
+def test_a_resumed_cell_with_rows_records_failures_and_finishes(checkpoint, tmp_path, monkeypatch):
+    """The stop is for a cell whose first samples all fail; a cell with rows already (resumed
+    after the samples before went well) writes its failures as error rows and finishes."""
+    assert run_vqa(checkpoint, tmp_path, "--max-new-tokens", "2", "--limit", "4") == 0
+
+    def broken(self, vlm, sample, task):
+        raise ValueError("boom: a broken sample")
+
+    monkeypatch.setattr(Runner, "_predict", broken)
+    assert run_vqa(checkpoint, tmp_path, "--max-new-tokens", "2") == 0
+    rows = rows_of(tmp_path, "vqav2", "full")
+    assert len(rows) == 6 and sum("error" in r for r in rows) == 2
+
+
 def test_a_dataset_file_that_does_not_parse_is_one_line(tmp_path):
     from mmretain.errors import DatasetFormatError
     from mmretain.eval.data import HubSplit, load_split

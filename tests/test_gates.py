@@ -389,3 +389,20 @@ def test_cli_names_a_malformed_batch_before_training(tmp_path, capsys, line, mes
     assert train_gates_cli([*args, "--steps", "1", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "batches.jsonl:2" in err and message in err
+
+
+def test_a_safetensors_batch_is_checked_from_its_header(tmp_path):
+    from safetensors.torch import save_file
+
+    from mmretain.gates import BatchDirectory
+
+    ids = torch.ones(2, 5, dtype=torch.long)
+    save_file({"input_ids": ids, "target_mask": ids.clone()}, tmp_path / "a.safetensors")
+    assert [b["input_ids"].shape for b in BatchDirectory(tmp_path)] == [(2, 5)]
+    save_file({"input_ids": ids, "target_mask": ids[:, :3].clone()}, tmp_path / "b.safetensors")
+    with pytest.raises(ValueError, match=r"b\.safetensors: target_mask \(2, 3\) must have"):
+        BatchDirectory(tmp_path)
+    (tmp_path / "c.safetensors").write_bytes(b"not a safetensors file")
+    (tmp_path / "b.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"batch .*c\.safetensors cannot be read"):
+        BatchDirectory(tmp_path)

@@ -85,7 +85,7 @@ def test_shipped_gates_load_with_no_flag(shipped, policy):
     name = shipped[0]
     vlm = mmretain.load(name, policy=policy, budget=1.0)
     sample = make_sample("video-needle", 1, split="eval", question="shape")
-    question = sample.messages[-1]["content"][-1]["text"]
+    question = sample.question
     (answer,) = vlm.answer_video(FrameArray(sample.videos[0]), question, max_new_tokens=1)
     assert answer.text.strip() == sample.answer
     assert vlm.run.policy._gates is not None

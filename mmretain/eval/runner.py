@@ -187,9 +187,10 @@ class Runner:
         )
         if pending:
             vlm = self._vlm(cell)
-            # Error rows are held back while every sample so far failed: when the first ones
-            # all fail the run stops (a bug, not bad samples) and leaves them to be run again.
-            held: list[dict[str, Any]] = []
+            # In a cell with no row yet, error rows are held back while every sample so far
+            # failed: when the first ones all fail the run stops (a bug, not bad samples) and
+            # leaves them to be run again. A cell that already has rows is past that test.
+            held: list[dict[str, Any]] | None = None if done else []
             stop_after = min(SYSTEMATIC_FAILURES, len(pending))
             with RowWriter(files.part(self.shard.rank, self.shard.world)) as writer:
                 for index in pending:

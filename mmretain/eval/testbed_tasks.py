@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -102,18 +101,13 @@ class TestbedData:
 
     def sample(self, index: int, reference: Reference, settings: MediaSettings) -> EvalSample:
         sample = self._make(index)
-        question = _last_text(sample.messages)
+        question = sample.question
         if sample.videos:
             return EvalSample(index, reference, question, video=FrameArray(sample.videos[0]))
         return EvalSample(index, reference, question, messages=sample.messages)
 
     def check(self, indices: Sequence[int]) -> None:
         """Generated samples have no files to look for."""
-
-
-def _last_text(messages: list[dict[str, Any]]) -> str:
-    content = messages[-1]["content"]
-    return content if isinstance(content, str) else content[-1]["text"]
 
 
 def testbed_tasks() -> dict[str, TestbedTask]:

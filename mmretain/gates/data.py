@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 TARGET_MASK = "target_mask"
@@ -42,23 +43,44 @@ class BatchDirectory:
                 f"{self.directory} holds no *.jsonl or *.safetensors batches; "
                 "see mmretain.gates.data for the format"
             )
-        # Every batch is read once now: a malformed one fails before training, naming itself.
-        for _ in self:
-            pass
+        # Every batch is checked now, so a malformed one fails before training, naming itself:
+        # a safetensors file by its header alone (its tensors load when training reaches it).
+        for path in self.files:
+            if path.suffix == ".safetensors":
+                _check(_read(path, _header_shapes), str(path))
+            else:
+                for _ in _json_batches(path):
+                    pass
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for path in self.files:
             if path.suffix == ".safetensors":
-                try:
-                    batch = load_file(path)
-                except Exception as error:  # safetensors raises its own error types
-                    raise ValueError(f"batch {path} cannot be read: {error}") from None
-                yield _checked(batch, str(path))
-                continue
-            with path.open() as lines:
-                for number, line in enumerate(lines, start=1):
-                    if line.strip():
-                        yield _checked(_json_batch(line, f"{path}:{number}"), f"{path}:{number}")
+                yield _read(path, load_file)
+            else:
+                yield from _json_batches(path)
+
+
+def _read(path: Path, read):
+    """``read(path)``, with safetensors' own error types as a ValueError naming the file."""
+    try:
+        return read(path)
+    except Exception as error:
+        raise ValueError(f"batch {path} cannot be read: {error}") from None
+
+
+def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    with safe_open(path, "pt") as tensors:
+        return {name: tuple(tensors.get_slice(name).get_shape()) for name in tensors.keys()}  # noqa: SIM118
+
+
+def _json_batches(path: Path) -> Iterator[dict[str, torch.Tensor]]:
+    with path.open() as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                where = f"{path}:{number}"
+                batch = _json_batch(line, where)
+                _check({name: tuple(t.shape) for name, t in batch.items()}, where)
+                yield batch
 
 
 def _json_batch(line: str, where: str) -> dict[str, torch.Tensor]:
@@ -70,16 +92,16 @@ def _json_batch(line: str, where: str) -> dict[str, torch.Tensor]:
         raise ValueError(f"batch {where} is not a JSON object of token lists: {error}") from None
 
 
-def _checked(batch: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
-    missing = {"input_ids", TARGET_MASK} - set(batch)
+def _check(shapes: dict[str, tuple[int, ...]], where: str) -> None:
+    """A batch (given by its tensors' shapes) has input_ids and a target_mask of their shape."""
+    missing = {"input_ids", TARGET_MASK} - set(shapes)
     if missing:
         raise ValueError(f"batch {where} lacks {sorted(missing)}")
-    if batch[TARGET_MASK].shape != batch["input_ids"].shape:
+    if shapes[TARGET_MASK] != shapes["input_ids"]:
         raise ValueError(
-            f"batch {where}: target_mask {tuple(batch[TARGET_MASK].shape)} must have the shape "
-            f"of input_ids {tuple(batch['input_ids'].shape)}"
+            f"batch {where}: target_mask {shapes[TARGET_MASK]} must have the shape "
+            f"of input_ids {shapes['input_ids']}"
         )
-    return batch
 
 
 def testbed_batches(model_path: str, *, seed: int = 0) -> Iterable[dict[str, torch.Tensor]]:

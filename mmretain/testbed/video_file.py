@@ -32,7 +32,7 @@ def write_needle_video(
     meta = sample.metadata
     info = {
         "video": out.name,
-        "question": sample.messages[-1]["content"][-1]["text"],
+        "question": sample.question,
         "answer": sample.answer,
         "suite": suite,
         "question_type": meta["question"],

@@ -42,6 +42,17 @@ class Sample:
     followups: list[tuple[str, str]] = field(default_factory=list)
 
     @property
+    def question(self) -> str:
+        """The text of the last user message: what ``answer`` answers."""
+        content = self.messages[-1]["content"]
+        return content if isinstance(content, str) else content[-1]["text"]
+
+    @property
+    def questions(self) -> list[tuple[str, str]]:
+        """Every (question, answer) pair about this context: the question, then the followups."""
+        return [(self.question, self.answer), *self.followups]
+
+    @property
     def media(self) -> list[Any]:
         """Images and videos in the order they appear."""
         return [part[part["type"]] for part in self._parts() if part["type"] in ("image", "video")]
