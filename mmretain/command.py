@@ -7,6 +7,7 @@ what was wrong and how to fix it. Warnings print as one line too.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -27,6 +28,10 @@ def run_command(
     # The command reports its own progress; loading bars and warnings would bury it.
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    # datasets (eval) loads later, if at all, and reads these at import; a user's own stay. Its
+    # error logs only repeat what becomes the command's one error line.
+    os.environ.setdefault("DATASETS_VERBOSITY", "critical")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     quiet_decoders()
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
