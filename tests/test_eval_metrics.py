@@ -7,18 +7,22 @@ import pytest
 from mmretain.eval.metrics import (
     anls,
     exact_match,
-    extract_option_letter,
     levenshtein,
     mme_scores,
     normalize_vqa_answer,
+    parse_egoschema_choice,
+    parse_first_capital,
     parse_mme_yes_no,
-    parse_yes_no,
+    parse_pope_answer,
+    parse_ranked_choice,
+    parse_scienceqa_letter,
     pope_scores,
     relaxed_accuracy,
     textvqa_accuracy,
     vqa_accuracy,
 )
 from mmretain.eval.scorers import MMEScore, OptionLetter, YesNo
+from mmretain.eval.tasks import TASKS
 
 
 @pytest.mark.parametrize(
@@ -87,40 +91,50 @@ def test_chartqa_relaxed_accuracy_allows_five_percent():
     assert relaxed_accuracy("0.0", "0") == 0.0  # a zero reference allows no relative error
 
 
+# The POPE cases below were scored by lmms-eval 0.7.3's own POPE functions: accuracy 0.3,
+# precision, recall and F1 1/3 (its yes-ratio, 0.6, is the share of "yes" labels).
+POPE_REPLIES = ["yes", "Yes.", "no", "No", " YES ", "yes, there is", "no", "maybe", "no", "yes"]
+POPE_LABELS = ["yes", "yes", "no", "yes", "no", "yes", "no", "yes", "yes", "no"]
+
+
 @pytest.mark.parametrize(
     ("text", "said"),
-    [
-        ("Yes.", "yes"),
-        ("yes", "yes"),
-        ("No, there is not.", "no"),
-        ("There is no dog in the image.", "no"),
-        ("Yes, there is a dog. No other animal.", "yes"),
-        ("There is a dog.", None),  # neither: unparsed, not guessed
-        ("", None),
-    ],
+    [("yes", "yes"), (" YES ", "yes"), ("No", "no"), ("Yes.", None), ("yes, there is", None)],
 )
-def test_yes_no_parsing(text, said):
-    assert parse_yes_no(text) == said
+def test_pope_reads_only_a_bare_yes_or_no(text, said):
+    assert parse_pope_answer(text) == said
 
 
-def test_pope_scores_count_unparsed_as_wrong():
-    scores = pope_scores(["yes", "yes", "no", None], ["yes", "no", "no", "yes"])
-    assert scores.accuracy == 0.5
-    assert scores.precision == 0.5  # 1 true positive of 2 "yes"
-    assert scores.recall == 0.5  # 1 of 2 "yes" questions found: the unparsed one is missed
-    assert scores.f1 == 0.5
-    assert scores.yes_ratio == 0.5
-    assert scores.count == 4
+def test_pope_scores_as_lmms_eval():
+    scores = pope_scores([parse_pope_answer(r) for r in POPE_REPLIES], POPE_LABELS)
+    assert scores.accuracy == pytest.approx(0.3)
+    assert scores.precision == pytest.approx(1 / 3)
+    # Recall counts only "no" answers as missed: "Yes.", "yes, there is" and "maybe" on "yes"
+    # questions are wrong but outside its denominator.
+    assert scores.recall == pytest.approx(1 / 3)
+    assert scores.f1 == pytest.approx(1 / 3)
+    assert scores.yes_ratio == pytest.approx(0.3)  # answers that are "yes" (the POPE paper's)
+    assert scores.count == 10
 
 
-def test_pope_counts_a_yes_with_a_period_as_yes():
+def test_pope_headline_is_f1_over_every_question():
     yes_no = YesNo()
-    rows = [
-        {"score": yes_no.score("Yes.", "yes", ()).score, "parsed": "yes", "answer": "yes"},
-        {"score": yes_no.score("No.", "no", ()).score, "parsed": "no", "answer": "no"},
-    ]
-    assert [row["score"] for row in rows] == [1.0, 1.0]
-    assert yes_no.summarize(rows)["all/accuracy"] == 100.0
+    rows = []
+    for i, (reply, label) in enumerate(zip(POPE_REPLIES, POPE_LABELS, strict=True)):
+        scored = yes_no.score(reply, label, ())
+        category = "adversarial" if i < 5 else "random"
+        rows.append(
+            {
+                "score": scored.score,
+                "parsed": scored.parsed,
+                "answer": label,
+                "groups": {"category": category},
+            }
+        )
+    summary = yes_no.summarize(rows)
+    assert summary["score"] == pytest.approx(100 / 3)
+    assert summary["all/accuracy"] == pytest.approx(30.0)
+    assert summary["adversarial/accuracy"] == pytest.approx(40.0)  # 2 of its 5 right
 
 
 def test_mme_is_acc_plus_acc_plus_per_subtask():
@@ -146,46 +160,139 @@ def test_mme_scorer_reads_images_from_row_groups():
     assert MMEScore().summarize(rows) == {"score": 125.0, "cognition": 0.0, "count": 125.0}
 
 
+# Expected letters below are what lmms-eval 0.7.3's own readers return for the same text ("" or
+# a random letter there is None here).
 @pytest.mark.parametrize(
     ("text", "letter"),
     [
+        ("A or B", "A"),  # a standalone first letter ranks highest
+        ("The correct answer is B, not A.", "A"),  # a standalone last letter beats the phrase
+        ("Cannot determine", "C"),  # no rule applies: a capital anywhere, the latest
         ("B", "B"),
         ("(C)", "C"),
         ("D. a cat", "D"),
-        ("C) blue", "C"),
         ("The answer is (B).", "B"),
         ("Answer: C", "C"),
         ("I think it is B", "B"),
-        ("blue", "C"),  # the whole answer is one option's text
-        ("A red car", None),  # "A" the article, and no option says so
-        ("A or B", None),  # ambiguous
-        ("E", None),  # not an option
-        ("the answer is a dog", None),  # lower-case "a" is a word, not a letter
+        ("A red car", "A"),
+        ("(A) because (B) is wrong", "B"),  # same rank: the later one
+        ("Best option: (D", "D"),
+        ("答案是C", "C"),
+        ("I choose D, definitely", "D"),
+        ("It is C: the car", "C"),
+        ('  "A"  ', "A"),
+        ("Both A and B are wrong; C", "C"),
+        ("'C'.", "C"),
+        ("blue", None),
+        ("E", None),  # Video-MME and MLVU read A-D only
+        ("a", None),
+        ("the answer is a dog", None),
+        ("None of them", None),
         ("", None),
     ],
 )
-def test_option_letter_extraction_never_guesses(text, letter):
-    assert extract_option_letter(text, "ABCD", ["red", "green", "blue", "yellow"]) == letter
+def test_video_mme_and_mlvu_read_the_ranked_letter(text, letter):
+    assert parse_ranked_choice(text, "ABCD") == letter
+    for task in ("videomme", "videomme_sub", "mlvu_dev"):
+        assert TASKS[task].scorer.score(text, "C", ("w", "x", "y", "z")).parsed == letter
+
+
+@pytest.mark.parametrize(
+    ("text", "letter"),
+    [
+        ("Definitely C.", "D"),  # the first capital A-E, even inside a word
+        ("C", "C"),
+        ("The best answer is B", "B"),
+        ("Best answer: C", "C"),  # its lead-ins are removed first, "Best" and all
+        ("Best option: A", "A"),
+        ("Answer: C", "A"),
+        ("The answer: D", "D"),
+        ("(D) a dog", "D"),
+        ("E", "E"),  # read even past the last option
+        ("the answer is c", None),  # lmms-eval draws a random letter for these
+        ("no letter here at all", None),
+        ("", None),
+    ],
+)
+def test_longvideobench_reads_the_first_capital(text, letter):
+    assert parse_first_capital(text) == letter
+    assert TASKS["longvideobench_val"].scorer.score(text, "C", "wxyz").parsed == letter
+
+
+EGO_OPTIONS = [
+    "c washes the dishes",
+    "c cooks dinner",
+    "c reads a book",
+    "c walks the dog",
+    "c paints a wall",
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "letter"),
+    [
+        ("A or B", "A"),
+        ("B.", "B"),
+        ("(C)", "C"),
+        ("The answer is (D).", "D"),
+        ("I think C.", "C"),
+        ("E.", "E"),
+        ("(A) not (B)", "A"),  # the form whose last occurrence comes first
+        ("Answer: B", "B"),
+        ("he thinks that c. c reads a book probably", "C"),  # an option quoted, long answer
+        ("c reads a book", None),  # quoted, but five words or fewer
+        ("the man in the video is doing something", None),
+        ("C, because", None),
+        ("b", None),
+        ("", None),
+    ],
+)
+def test_egoschema_reads_as_mmmu(text, letter):
+    assert parse_egoschema_choice(text, EGO_OPTIONS) == letter
+    assert TASKS["egoschema_subset"].scorer.score(text, "C", EGO_OPTIONS).parsed == letter
+
+
+@pytest.mark.parametrize(
+    ("text", "right"),
+    [
+        ("b", True),  # lower case accepted
+        ("B", True),
+        (" B ", True),
+        ("B.", True),
+        ("B. a cat", True),
+        ("(B)", False),
+        ("The answer is B", False),
+        ("b. cat", False),
+        ("Bb", False),
+        ("C", False),
+    ],
+)
+def test_scienceqa_takes_the_letter_or_letter_period_only(text, right):
+    scored = TASKS["scienceqa_img"].scorer.score(text, "B", ("x", "y", "z"))
+    assert (scored.score == 1.0) is right
+    assert parse_scienceqa_letter("A red car") is None
 
 
 def test_unparsed_multiple_choice_is_wrong_and_recorded():
-    scored = OptionLetter().score("no idea", "A", ("x", "y", "z", "w"))
-    assert scored.score == 0.0 and scored.parsed is None
+    for task in ("videomme", "longvideobench_val", "egoschema_subset", "scienceqa_img"):
+        scored = TASKS[task].scorer.score("no idea", "A", ("x", "y", "z", "w"))
+        assert scored.score == 0.0 and scored.parsed is None, task
 
 
-def test_m_avg_averages_task_types_not_questions():
+def test_mlvu_m_avg_divides_by_its_seven_task_types():
     rows = [
         {"score": s, "answer": "A", "groups": {"task_type": t}}
-        for s, t in [(1.0, "count"), (1.0, "count"), (1.0, "count"), (0.0, "needle")]
+        for s, t in [(1.0, "count"), (1.0, "count"), (0.0, "count"), (1.0, "needle")]
     ]
-    summary = OptionLetter(average_over="task_type").summarize(rows, ["task_type"])
-    assert summary["score"] == 50.0  # (100 + 0) / 2, not 3 / 4
-    assert summary["task_type=count"] == 100.0
+    summary = TASKS["mlvu_dev"].scorer.summarize(rows, ["task_type"])
+    # As lmms-eval's MLVU code computes it: (66.7 + 100 + 0 * 5) / 7 = 23.8.
+    assert summary["score"] == pytest.approx((200 / 3 + 100) / 7)
+    assert summary["task_type=count"] == pytest.approx(200 / 3)
 
 
 def test_error_rows_without_a_reference_are_not_scored():
     rows = [{"score": 1.0, "answer": "A"}, {"score": 0.0, "answer": None, "error": "KeyError"}]
-    assert OptionLetter().summarize(rows)["score"] == 100.0
+    assert OptionLetter(lambda text, options: None).summarize(rows)["score"] == 100.0
 
 
 @pytest.mark.parametrize(

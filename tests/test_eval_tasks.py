@@ -31,17 +31,25 @@ def prompt_and_reference(name, row):
     return task.prompt(row, options), task.answer(row), options
 
 
-def test_hub_ids_are_the_ones_the_community_reads():
+def test_hub_ids_are_those_of_lmms_eval_0_7_3():
+    # The dataset_path, dataset_name and test_split of each task's YAML in lmms-eval 0.7.3.
     where = {name: (t.data.hub_id, t.data.config, t.data.split) for name, t in TASKS.items()}
-    assert where["vqav2"] == ("lmms-lab/VQAv2", None, "validation")
-    assert where["gqa"] == ("lmms-lab/GQA", "testdev_balanced_instructions", "testdev")
-    assert where["pope"] == ("lmms-lab/POPE", None, "test")
-    assert where["scienceqa_img"] == ("lmms-lab/ScienceQA", "ScienceQA-IMG", "test")
-    assert where["docvqa"] == ("lmms-lab/DocVQA", "DocVQA", "validation")
-    assert where["videomme"] == ("lmms-lab/Video-MME", None, "test")
-    assert where["mlvu_dev"] == ("sy1998/MLVU_dev", None, "test")
-    assert where["longvideobench_val"] == ("longvideobench/LongVideoBench", None, "validation")
-    assert where["egoschema_subset"] == ("lmms-lab/egoschema", "Subset", "test")
+    assert where == {
+        "vqav2": ("lmms-lab-encoder/VQAv2", None, "validation"),
+        "gqa": ("lmms-lab-encoder/GQA", "testdev_balanced_instructions", "testdev"),
+        "textvqa": ("lmms-lab-encoder/textvqa", None, "validation"),
+        "textvqa_ocr": ("lmms-lab-encoder/textvqa", None, "validation"),
+        "pope": ("lmms-lab-encoder/POPE", None, "test"),
+        "mme": ("lmms-lab-encoder/MME", None, "test"),
+        "scienceqa_img": ("lmms-lab-encoder/ScienceQA", "ScienceQA-IMG", "test"),
+        "chartqa": ("lmms-lab-encoder/ChartQA", None, "test"),
+        "docvqa": ("lmms-lab-encoder/DocVQA", "DocVQA", "validation"),
+        "videomme": ("lmms-eval/Video-MME", None, "test"),
+        "videomme_sub": ("lmms-eval/Video-MME", None, "test"),
+        "mlvu_dev": ("sy1998/MLVU_dev", None, "test"),
+        "longvideobench_val": ("longvideobench/LongVideoBench", None, "validation"),
+        "egoschema_subset": ("lmms-eval/egoschema", "Subset", "test"),
+    }
 
 
 def test_short_answer_prompts():

@@ -8,8 +8,10 @@
 - POPE: Li et al., https://arxiv.org/abs/2305.10355 — accuracy, precision, recall, F1, yes-ratio.
 - MME: Fu et al., https://arxiv.org/abs/2306.13394 — acc + acc+ per subtask, summed.
 
-Parsers never guess: an answer that is not clearly yes/no or one option letter is `None`
-(unparsed), and every metric counts it as wrong.
+Answers are read as lmms-eval 0.7.3 reads them, task by task (yes/no for POPE and MME, the
+option letter for each multiple-choice task); what remains different is listed in eval/README.md.
+A reader never guesses: where lmms-eval draws a random letter, the answer is `None` (unparsed)
+and every metric counts it as wrong.
 """
 
 from __future__ import annotations
@@ -276,20 +278,13 @@ def relaxed_accuracy(prediction: str, answer: str, tolerance: float = 0.05) -> f
 
 # -- yes / no ------------------------------------------------------------------------------------
 
-_FIRST_SENTENCE = re.compile(r"[.!?\n]")
 
-
-def parse_yes_no(text: str) -> str | None:
-    """ "yes", "no" or None. Only the first sentence counts; a leading yes/no decides, then any
-    negation ("There is no dog" -> "no"), then a yes anywhere. "Yes." is yes."""
-    words = re.findall(r"[a-z]+", _FIRST_SENTENCE.split(text.strip().lower(), maxsplit=1)[0])
-    if not words:
-        return None
-    if words[0] in ("yes", "no"):
-        return words[0]
-    if "no" in words or "not" in words:
-        return "no"
-    return "yes" if "yes" in words else None
+def parse_pope_answer(text: str) -> str | None:
+    """ "yes" or "no" when the whole reply is that word, in any case and spacing; else None.
+    POPE's lmms-eval code compares the lower-cased, stripped reply with the label, so "Yes."
+    is neither."""
+    said = text.lower().strip()
+    return said if said in ("yes", "no") else None
 
 
 def parse_mme_yes_no(text: str) -> str | None:
@@ -318,9 +313,11 @@ class BinaryScores:
 
 
 def pope_scores(predictions: Sequence[str | None], labels: Sequence[str]) -> BinaryScores:
-    """POPE's metrics with "yes" as the positive class. An unparsed answer (None) is wrong: it
-    is neither a positive nor a negative prediction, so it lowers accuracy and, on a "yes"
-    question, recall; it never counts towards the yes-ratio."""
+    """POPE's metrics with "yes" as the positive class, as lmms-eval 0.7.3 counts them. An
+    unparsed answer (None) is wrong; like lmms-eval, recall counts only "no" answers as missed
+    yeses, so an unparsed answer to a "yes" question lowers accuracy but not recall. The
+    yes-ratio is the share of answers that are "yes", as the POPE paper defines it (lmms-eval
+    reports the share of "yes" labels instead)."""
     if len(predictions) != len(labels):
         raise ValueError("one prediction per label")
     if any(label not in ("yes", "no") for label in labels):
@@ -328,10 +325,10 @@ def pope_scores(predictions: Sequence[str | None], labels: Sequence[str]) -> Bin
     pairs = list(zip(predictions, labels, strict=True))
     true_pos = sum(p == "yes" and y == "yes" for p, y in pairs)
     predicted_yes = sum(p == "yes" for p, _ in pairs)
-    actual_yes = sum(y == "yes" for _, y in pairs)
+    missed = sum(p == "no" and y == "yes" for p, y in pairs)
     correct = sum(p == y for p, y in pairs)
     precision = true_pos / predicted_yes if predicted_yes else 0.0
-    recall = true_pos / actual_yes if actual_yes else 0.0
+    recall = true_pos / (true_pos + missed) if true_pos + missed else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     n = len(pairs)
     return BinaryScores(
@@ -381,14 +378,10 @@ def mme_scores(answers: Iterable[tuple[str, str, bool]]) -> dict[str, float]:
 
 
 # -- multiple choice -----------------------------------------------------------------------------
-
-# "the answer is (B)", "Option: B"; the letter itself must be a capital.
-_ANSWER_PHRASE = re.compile(
-    r"\b(?i:answer|option|choice)\s*(?:is|:)?\s*[:\-]?\s*\(?([A-Z])\)?(?![A-Za-z])"
-)
-_LEADING_LETTER = re.compile(r"^\(?([A-Z])(?:\)|[.:]|$)")
-_LONE_LETTER = re.compile(r"(?<![A-Za-z'])([A-Z])(?![A-Za-z'])")
-_ARTICLE = re.compile(r"(?<![A-Za-z'])A\s+[a-z]")  # "A red car": the article, not option A
+#
+# lmms-eval 0.7.3 reads the letter differently for each task; each reader below gives the letter
+# its task's code reads, or None where that code reads none (an empty string, or a letter drawn
+# at random: EgoSchema, LongVideoBench). None always scores as wrong and is reported unparsed.
 
 
 def option_letters(count: int) -> str:
@@ -398,29 +391,141 @@ def option_letters(count: int) -> str:
     return string.ascii_uppercase[:count]
 
 
-def extract_option_letter(text: str, letters: str, options: Sequence[str] = ()) -> str | None:
-    """The option letter an answer gives, or None when it cannot be told.
+# Phrases after which the first capital of each letter counts as the answer (Video-MME, MLVU),
+# as lmms-eval lists them, in English, Korean, Chinese and Japanese.
+_ANSWER_PHRASES = (
+    "the answer is",
+    "answer is",
+    "the correct answer is",
+    "correct answer is",
+    "the best answer is",
+    "best answer is",
+    "the correct option is",
+    "correct option is",
+    "the best option is",
+    "best option is",
+    "the choice is",
+    "choice is",
+    "the correct choice is",
+    "correct choice is",
+    "i choose",
+    "i select",
+    "i pick",
+    "my answer is",
+    "my choice is",
+    "옵션",
+    "정답은",
+    "답은",
+    "답:",
+    "答案是",
+    "答案为",
+    "选",
+    "答えは",
+)
+# How a letter is written, most telling first; a letter found by no rule at all counts last.
+_LETTER_FORMS = (("({})", 6), ("{}.", 5), ("{}:", 4), ("{})", 3), ("{} ", 2))
+_STARTS, _ENDS, _PHRASE, _ANYWHERE = 10, 9, 7, 0
 
-    Tried in order: "the answer is (B)" / "Option: B"; a leading "B", "(B)", "B.", "B)" or "B:";
-    the whole answer equal to one option's text; one lone capital letter among ``letters``
-    (several different ones are ambiguous). Nothing is ever picked at random.
-    """
-    text = text.strip()
-    if not text:
+
+def parse_ranked_choice(text: str, letters: str = "ABCD") -> str | None:
+    """The letter Video-MME's and MLVU's lmms-eval code reads: every way a letter is written
+    ranks (a standalone letter first, then last, then after "the answer is", "(B)", "B.",
+    "B:", "B)", "B "), the best rank wins and, within it, the latest place. A capital letter
+    anywhere counts only when no rule finds one. "A or B" -> A, "The correct answer is B, not
+    A." -> A, "Cannot determine" -> C."""
+    said = text.strip()
+    if not said:
         return None
-    phrase = _ANSWER_PHRASE.search(text)
-    if phrase and phrase.group(1) in letters:
-        return phrase.group(1)
-    leading = _LEADING_LETTER.match(text)
-    if leading and leading.group(1) in letters:
-        return leading.group(1)
-    said = normalize_exact(text)
-    named = [letters[i] for i, option in enumerate(options) if normalize_exact(option) == said]
-    if len(named) == 1:
-        return named[0]
-    found = [letter for letter in _LONE_LETTER.findall(text) if letter in letters]
-    if len(set(found)) != 1:
-        return None
-    if found[0] == "A" and len(_ARTICLE.findall(text)) == len(found):
-        return None
-    return found[0]
+    for mark in ",.!?;:'\"":  # peeled off both ends, one mark after the other
+        said = said.strip(mark)
+    padded = f" {said} "
+    found: list[tuple[int, int, str]] = []  # (rank, place, letter)
+    for form, rank in _LETTER_FORMS:
+        found += [
+            (rank, padded.rfind(form.format(c)), c) for c in letters if form.format(c) in padded
+        ]
+    lowered = padded.lower()
+    for phrase in _ANSWER_PHRASES:
+        after = lowered.find(phrase)
+        if after >= 0:
+            after += len(phrase)
+            found += [(_PHRASE, padded.find(c, after), c) for c in letters if c in padded[after:]]
+    bare = padded.strip()
+    for c in letters:
+        if bare.startswith(c) and not bare[1:2].isalpha():
+            found.append((_STARTS, 0, c))
+        if bare.endswith(c) and not bare[-2:-1].isalpha():
+            found.append((_ENDS, len(padded) - 1, c))
+    if not found:
+        found = [(_ANYWHERE, padded.rfind(c), c) for c in letters if c in padded]
+    # max() keeps the first of equals, as a stable sort does.
+    return max(found, key=lambda item: item[:2])[2] if found else None
+
+
+# Lead-ins LongVideoBench's code removes before it looks for a letter ("Best answer: C" is C,
+# not the B of "Best"); removed in this order, wherever they are.
+_LVB_LEAD_INS = (
+    "The best answer is",
+    "The correct answer is",
+    "The answer is",
+    "The answer",
+    "The best option is",
+    "The correct option is",
+    "Best answer:",
+    "Best option:",
+)
+_CAPITAL_A_TO_E = re.compile("[A-E]")
+
+
+def parse_first_capital(text: str) -> str | None:
+    """LongVideoBench's reading: after its lead-ins are removed, the first capital A-E anywhere,
+    even inside a word ("Definitely C." -> D) or past the last option. None where lmms-eval
+    draws a random letter."""
+    said = text.strip()
+    for lead_in in _LVB_LEAD_INS:
+        said = said.replace(lead_in, "")
+    found = _CAPITAL_A_TO_E.search(said)
+    return found.group() if found else None
+
+
+_EGOSCHEMA_LETTERS = "ABCDE"
+
+
+def parse_egoschema_choice(text: str, options: Sequence[str]) -> str | None:
+    """EgoSchema's reading (MMMU's parser): "(B)", "B " and "B." anywhere, the one whose last
+    occurrence comes first winning; with none of those in an answer of more than five words,
+    the option (as the dataset writes it, "B. text") quoted in lower case. None where lmms-eval
+    draws a random letter."""
+    said = text
+    for mark in ",.!?;:'":  # peeled off both ends, one mark after the other
+        said = said.strip(mark)
+    padded = f" {said} "
+    # Places are those of the last occurrence of each form, ties going to the earlier form.
+    forms = ("({})", "{} ", "{}.")
+    found = [
+        (padded.rfind(form.format(c)), c)
+        for form in forms
+        for c in _EGOSCHEMA_LETTERS
+        if form.format(c) in padded
+    ]
+    if not found and len(padded.split()) > 5:
+        lowered = padded.lower()
+        letters = option_letters(len(options))
+        quoted = [f"{c}. {option}".lower() for c, option in zip(letters, options, strict=True)]
+        found = [
+            (lowered.rfind(q), c) for q, c in zip(quoted, letters, strict=True) if q in lowered
+        ]
+    # min() keeps the first of equals.
+    return min(found, key=lambda item: item[0])[1] if found else None
+
+
+def parse_scienceqa_letter(text: str) -> str | None:
+    """ScienceQA's reading (LLaVA's): the letter alone, in either case, or a capital followed
+    by a full stop ("B. a cat"); anything else ("(B)", "The answer is B", "b. cat") is
+    unparsed."""
+    said = text.strip()
+    if len(said) == 1 and said in string.ascii_letters:
+        return said.upper()
+    if len(said) >= 2 and said[0] in string.ascii_uppercase and said[1] == ".":
+        return said[0]
+    return None

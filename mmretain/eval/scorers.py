@@ -18,11 +18,9 @@ from typing import Any, ClassVar
 
 from .metrics import (
     BinaryScores,
-    extract_option_letter,
     mme_scores,
-    option_letters,
     parse_mme_yes_no,
-    parse_yes_no,
+    parse_pope_answer,
     pope_scores,
 )
 
@@ -67,8 +65,12 @@ class Scorer(ABC):
         summary = {"score": self.overall(rows)}
         for field in by:
             for value, subset in grouped(rows, field).items():
-                summary[f"{field}={value}"] = self.overall(subset)
+                summary[f"{field}={value}"] = self.group_score(subset)
         return summary
+
+    def group_score(self, rows: Sequence[Row]) -> float:
+        """The number reported for one group of ``rows``: by default the headline's."""
+        return self.overall(rows)
 
 
 @dataclass(frozen=True)
@@ -82,26 +84,38 @@ class Averaged(Scorer):
         return Scored(float(self.fn(prediction, answer)))
 
 
+# Reads the option letter of an answer, given the options; None when it cannot.
+LetterReader = Callable[[str, Sequence[str]], str | None]
+
+
 @dataclass(frozen=True)
 class OptionLetter(Scorer):
-    """Multiple choice: the option letter read from the answer must be the reference letter.
+    """Multiple choice: the option letter ``read`` from the answer must be the reference letter.
 
-    ``average_over`` names a group whose per-group accuracies are averaged for the headline
-    (MLVU's M-Avg over task types) instead of averaging over questions.
+    ``read`` is the task's own reader (see `mmretain.eval.metrics`). ``average_over`` names a
+    group whose per-group accuracies are averaged for the headline instead of averaging over
+    questions; ``over`` lists the groups it always divides by, a group without rows counting 0
+    (MLVU's M-Avg over its 7 task types, as lmms-eval computes it).
     """
 
+    read: LetterReader
     average_over: str | None = None
+    over: tuple[str, ...] = ()
     parses: ClassVar[bool] = True
 
     def score(self, prediction: str, answer: Any, options: Sequence[str]) -> Scored:
-        letter = extract_option_letter(prediction, option_letters(len(options)), options)
+        letter = self.read(prediction, options)
         return Scored(float(letter is not None and letter == answer), letter)
 
     def overall(self, rows: Sequence[Row]) -> float:
         if self.average_over is None:
             return super().overall(rows)
-        groups = grouped(rows, self.average_over)
+        groups = {name: [] for name in self.over} | grouped(rows, self.average_over)
         return sum(map(super().overall, groups.values())) / len(groups) if groups else 0.0
+
+    def group_score(self, rows: Sequence[Row]) -> float:
+        """Accuracy over the group's questions (an MLVU task type's own accuracy)."""
+        return super().overall(rows)
 
 
 class YesNoAnswer(Scorer):
@@ -110,7 +124,7 @@ class YesNoAnswer(Scorer):
 
     parses: ClassVar[bool] = True
     # How the benchmark's reference evaluation reads a yes or a no from a reply.
-    parse: ClassVar[Callable[[str], str | None]] = staticmethod(parse_yes_no)
+    parse: ClassVar[Callable[[str], str | None]]
 
     def score(self, prediction: str, answer: Any, options: Sequence[str]) -> Scored:
         said = self.parse(prediction)
@@ -119,18 +133,20 @@ class YesNoAnswer(Scorer):
 
 @dataclass(frozen=True)
 class YesNo(YesNoAnswer):
-    """POPE: per ``category`` accuracy, precision, recall, F1 and yes-ratio. The headline is F1,
-    averaged over the categories (adversarial, popular, random)."""
+    """POPE, as lmms-eval's ``pope`` task scores it: the reply must be exactly "yes" or "no"
+    (any case); the headline is F1 over every question. Accuracy, precision, recall, F1 and
+    yes-ratio are reported over all questions and per ``category`` (adversarial, popular,
+    random)."""
 
     category: str = "category"
     headline = "F1"
+    parse = staticmethod(parse_pope_answer)
 
     def _scores(self, rows: Sequence[Row]) -> BinaryScores:
         return pope_scores([row.get("parsed") for row in rows], [row["answer"] for row in rows])
 
     def overall(self, rows: Sequence[Row]) -> float:
-        groups = grouped(rows, self.category) or {"all": list(rows)}
-        return 100 * sum(self._scores(g).f1 for g in groups.values()) / len(groups)
+        return 100 * self._scores(rows).f1
 
     def summarize(self, rows: Sequence[Row], by: Sequence[str] = ()) -> dict[str, float]:
         rows = scorable(rows)

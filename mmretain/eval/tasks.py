@@ -18,6 +18,7 @@ the same way (see `mmretain.eval.data`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,17 @@ from .data import (
     load_split,
     locate,
 )
-from .metrics import anls, exact_match, relaxed_accuracy, textvqa_accuracy, vqa_accuracy
+from .metrics import (
+    anls,
+    exact_match,
+    parse_egoschema_choice,
+    parse_first_capital,
+    parse_ranked_choice,
+    parse_scienceqa_letter,
+    relaxed_accuracy,
+    textvqa_accuracy,
+    vqa_accuracy,
+)
 from .prompts import MultipleChoice, Options, Prompt, ShortAnswer
 from .sample import EvalSample, MediaSettings, Reference, image_question
 from .scorers import Averaged, MMEScore, OptionLetter, Scorer, YesNo
@@ -201,10 +212,15 @@ class HubTaskData:
             check_videos(self.task.name, self.task.video, self.video_root, rows)
 
 
+# How each task's lmms-eval code reads the option letter (see `mmretain.eval.metrics`).
+# Video-MME and MLVU read A-D whatever the options; LongVideoBench any capital A-E.
+RANKED = OptionLetter(lambda text, options: parse_ranked_choice(text, "ABCD"))
+MLVU_TASK_TYPES = ("anomaly_reco", "count", "ego", "needle", "order", "plotQA", "topic_reasoning")
+
 _VIDEO_MME = dict(
     suite="video",
-    data=HubSplit("lmms-lab/Video-MME", "test"),
-    scorer=OptionLetter(),
+    data=HubSplit("lmms-eval/Video-MME", "test"),
+    scorer=RANKED,
     answer=value("answer"),
     id_field="question_id",
     image=None,
@@ -221,7 +237,7 @@ TASKS: dict[str, Task] = {
         Task(
             "vqav2",
             "vqa",
-            HubSplit("lmms-lab/VQAv2", "validation"),
+            HubSplit("lmms-lab-encoder/VQAv2", "validation"),
             ShortAnswer(),
             Averaged(vqa_accuracy, "VQA accuracy"),
             texts("answers", "answer"),
@@ -233,7 +249,7 @@ TASKS: dict[str, Task] = {
             "gqa",
             "vqa",
             HubSplit(
-                "lmms-lab/GQA",
+                "lmms-lab-encoder/GQA",
                 "testdev",
                 "testdev_balanced_instructions",
                 ImageJoin("testdev_balanced_images", "testdev", key="imageId"),
@@ -247,7 +263,7 @@ TASKS: dict[str, Task] = {
         Task(
             "textvqa",
             "vqa",
-            HubSplit("lmms-lab/textvqa", "validation"),
+            HubSplit("lmms-lab-encoder/textvqa", "validation"),
             ShortAnswer(capitalize=True),
             Averaged(textvqa_accuracy, "VQA accuracy"),
             texts("answers"),
@@ -256,7 +272,7 @@ TASKS: dict[str, Task] = {
         Task(
             "textvqa_ocr",
             "vqa",
-            HubSplit("lmms-lab/textvqa", "validation"),
+            HubSplit("lmms-lab-encoder/textvqa", "validation"),
             ShortAnswer(capitalize=True, ocr="ocr_tokens"),
             Averaged(textvqa_accuracy, "VQA accuracy"),
             texts("answers"),
@@ -265,7 +281,7 @@ TASKS: dict[str, Task] = {
         Task(
             "pope",
             "vqa",
-            HubSplit("lmms-lab/POPE", "test"),
+            HubSplit("lmms-lab-encoder/POPE", "test"),
             ShortAnswer(),
             YesNo(),
             yes_no("answer"),
@@ -275,7 +291,7 @@ TASKS: dict[str, Task] = {
         Task(
             "mme",
             "vqa",
-            HubSplit("lmms-lab/MME", "test"),
+            HubSplit("lmms-lab-encoder/MME", "test"),
             ShortAnswer(drop=prompts.MME_YES_NO),
             MMEScore(),
             yes_no("answer"),
@@ -284,16 +300,16 @@ TASKS: dict[str, Task] = {
         Task(
             "scienceqa_img",
             "vqa",
-            HubSplit("lmms-lab/ScienceQA", "test", "ScienceQA-IMG"),
+            HubSplit("lmms-lab-encoder/ScienceQA", "test", "ScienceQA-IMG"),
             MultipleChoice(context="hint"),
-            OptionLetter(),
+            OptionLetter(lambda text, options: parse_scienceqa_letter(text)),
             letter("answer"),
             options=prompts.listed("choices"),
         ),
         Task(
             "chartqa",
             "vqa",
-            HubSplit("lmms-lab/ChartQA", "test"),
+            HubSplit("lmms-lab-encoder/ChartQA", "test"),
             ShortAnswer(instruction=prompts.SINGLE_WORD),
             Averaged(relaxed_accuracy, "relaxed accuracy"),
             value("answer"),
@@ -303,7 +319,7 @@ TASKS: dict[str, Task] = {
         Task(
             "docvqa",
             "vqa",
-            HubSplit("lmms-lab/DocVQA", "validation", "DocVQA"),
+            HubSplit("lmms-lab-encoder/DocVQA", "validation", "DocVQA"),
             ShortAnswer(),
             Averaged(anls, "ANLS"),
             texts("answers"),
@@ -323,7 +339,7 @@ TASKS: dict[str, Task] = {
             "video",
             HubSplit("sy1998/MLVU_dev", "test"),
             MultipleChoice(instruction=prompts.BEST_OPTION, show_options=False),
-            OptionLetter(average_over="task_type"),
+            dataclasses.replace(RANKED, average_over="task_type", over=MLVU_TASK_TYPES),
             value("answer"),
             image=None,
             video=VideoFiles("{video_name}", "mlvu"),
@@ -336,7 +352,7 @@ TASKS: dict[str, Task] = {
             "video",
             HubSplit("longvideobench/LongVideoBench", "validation"),
             MultipleChoice(),
-            OptionLetter(),
+            OptionLetter(lambda text, options: parse_first_capital(text)),
             letter("correct_choice"),
             "id",
             image=None,
@@ -348,9 +364,9 @@ TASKS: dict[str, Task] = {
         Task(
             "egoschema_subset",
             "video",
-            HubSplit("lmms-lab/egoschema", "test", "Subset"),
+            HubSplit("lmms-eval/egoschema", "test", "Subset"),
             MultipleChoice(),
-            OptionLetter(),
+            OptionLetter(parse_egoschema_choice),
             letter("answer"),
             "question_idx",
             image=None,

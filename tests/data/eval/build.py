@@ -2,9 +2,9 @@
 
     python tests/data/eval/build.py
 
-- ``vqav2/``: 6 rows of lmms-lab/VQAv2's validation split (question_id, question, image,
+- ``vqav2/``: 6 rows of lmms-lab-encoder/VQAv2's validation split (question_id, question, image,
   answers as 10 dicts, ...), parquet under ``data/`` as on the hub.
-- ``videomme/``: 3 rows of lmms-lab/Video-MME's test split (two questions on one video, one on
+- ``videomme/``: 3 rows of lmms-eval/Video-MME's test split (two questions on one video, one on
   another), parquet under ``videomme/`` as on the hub, with the videos under ``data/`` and a
   subtitle file under ``subtitle/`` where lmms-eval unpacks them.
 
