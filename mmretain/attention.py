@@ -56,7 +56,7 @@ def retention_attention(
         )
     layer = cache.layers[module.layer_idx]
     _, n_query_heads, q, _ = query.shape
-    n_kv = len(layer.keys_by_head)
+    n_kv = len(layer.storage)
     group = n_query_heads // n_kv
     query_positions = torch.arange(layer.seen - q, layer.seen, device=query.device)
     run.on_new_entries(layer, module.layer_idx, kwargs.get(HIDDEN_KWARG), key)
@@ -67,17 +67,19 @@ def retention_attention(
             query, key, value, is_causal=q > 1, dropout_p=dropout, scale=scaling, enable_gqa=True
         )
     else:
+        heads = zip(layer.keys_by_head, layer.values_by_head, layer.positions, strict=True)
         out = torch.cat(
             [
                 _attend_head(
-                    layer,
-                    h,
+                    keys,
+                    values,
+                    positions if layer.has_empty or q > 1 else None,
                     query[:, h * group : (h + 1) * group],
                     query_positions,
                     dropout,
                     scaling,
                 )
-                for h in range(n_kv)
+                for h, (keys, values, positions) in enumerate(heads)
             ],
             dim=1,
         )
@@ -86,16 +88,22 @@ def retention_attention(
 
 
 def _attend_head(
-    layer, h: int, query: torch.Tensor, query_positions: torch.Tensor, dropout: float, scaling
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    positions: torch.Tensor | None,
+    query: torch.Tensor,
+    query_positions: torch.Tensor,
+    dropout: float,
+    scaling: float | None,
 ) -> torch.Tensor:
-    """KV head ``h``'s query group [b, g, q, d] over the head's stored entries."""
-    keys = layer.keys_by_head[h][:, None]
-    values = layer.values_by_head[h][:, None]
+    """One KV head's query group [b, g, q, d] over the head's entries (keys/values [b, L, d],
+    their positions [b, L]; None when a decoded token may see them all)."""
+    keys, values = keys[:, None], values[:, None]
     q = query.shape[2]
     if q == 1:
         # Every stored entry precedes a decoded token: only empty slots need masking, the same
         # for the whole query group, whose heads then go in as one head's queries (no GQA path).
-        mask = (layer.positions[h] != EMPTY)[:, None, None, :] if layer.has_empty else None
+        mask = None if positions is None else (positions != EMPTY)[:, None, None, :]
         b, g, _, d = query.shape
         out = F.scaled_dot_product_attention(
             query.reshape(b, 1, g, d),
@@ -109,7 +117,7 @@ def _attend_head(
     blocks = []
     for start in range(0, q, QUERY_BLOCK):
         rows = slice(start, min(q, start + QUERY_BLOCK))
-        mask = causal_allowed(layer.positions[h], query_positions[rows])[:, None]
+        mask = causal_allowed(positions, query_positions[rows])[:, None]
         blocks.append(
             F.scaled_dot_product_attention(
                 query[:, :, rows],

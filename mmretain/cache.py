@@ -85,6 +85,12 @@ class Incoming:
 class RetentionLayer(DynamicLayer):
     """One decoder layer's cache: per KV head, keys/values [b, L_h, d] plus per-entry metadata.
 
+    Each head's five tensors (keys, values, positions, state, modality) may hold room beyond
+    its ``lengths[h]`` entries: eviction while decoding leaves the buffer's worth of free slots
+    allocated, so the next tokens are written in place instead of copying the cache at every
+    step. The room is counted in the bytes held (it is memory), and comes out of the budget.
+    ``keys_by_head`` and the other per-head lists are views of the filled part.
+
     ``update`` appends the new tokens to every head and returns the new states unchanged: the
     mmretain attention function reads the ragged per-head storage directly, so no padded copy of
     the whole cache is ever built.
@@ -94,11 +100,9 @@ class RetentionLayer(DynamicLayer):
         super().__init__()
         self.owner = owner
         self.seen = 0
-        self.keys_by_head: list[torch.Tensor] = []
-        self.values_by_head: list[torch.Tensor] = []
-        self.positions: list[torch.Tensor] = []
-        self.state: list[torch.Tensor] = []
-        self.modality: list[torch.Tensor] = []
+        # Per head: [keys, values, positions, state, modality], each [b, capacity, ...].
+        self.storage: list[list[torch.Tensor]] = []
+        self.lengths: list[int] = []  # filled slots per head, the same for every batch row
         self.new_tokens = 0  # length of the latest update, so the attention function finds them
         # nbytes(), kept up to date at every update and eviction (the owner sums the layers'
         # changes, so its peak costs nothing per update); bytes of one entry, set at the first.
@@ -121,13 +125,43 @@ class RetentionLayer(DynamicLayer):
             + value_states.shape[-1] * value_states.element_size()
             + METADATA_BYTES_PER_ENTRY
         )
-        empty = key_states.new_empty((b, 0, d))
-        self.keys_by_head = [empty for _ in range(n_heads)]
-        self.values_by_head = [value_states.new_empty((b, 0, value_states.shape[-1]))] * n_heads
-        self.positions = [torch.empty((b, 0), dtype=_POSITION_DTYPE, device=self.device)] * n_heads
-        self.state = [torch.empty((b, 0), dtype=_STATE_DTYPE, device=self.device)] * n_heads
-        self.modality = [torch.empty((b, 0), dtype=_MODALITY_DTYPE, device=self.device)] * n_heads
+        self.storage = [
+            [
+                key_states.new_empty((b, 0, d)),
+                value_states.new_empty((b, 0, value_states.shape[-1])),
+                torch.empty((b, 0), dtype=_POSITION_DTYPE, device=self.device),
+                torch.empty((b, 0), dtype=_STATE_DTYPE, device=self.device),
+                torch.empty((b, 0), dtype=_MODALITY_DTYPE, device=self.device),
+            ]
+            for _ in range(n_heads)
+        ]
+        self.lengths = [0] * n_heads
         self.is_initialized = True
+
+    # -- the filled part of each head, as views --------------------------------------------------
+    def _filled(self, field: int) -> list[torch.Tensor]:
+        return [head[field][:, :n] for head, n in zip(self.storage, self.lengths, strict=True)]
+
+    @property
+    def keys_by_head(self) -> list[torch.Tensor]:
+        return self._filled(0)
+
+    @property
+    def values_by_head(self) -> list[torch.Tensor]:
+        return self._filled(1)
+
+    @property
+    def positions(self) -> list[torch.Tensor]:
+        return self._filled(2)
+
+    @property
+    def state(self) -> list[torch.Tensor]:
+        """Per head [b, L_h] float policy state; a policy may update it in place."""
+        return self._filled(3)
+
+    @property
+    def modality(self) -> list[torch.Tensor]:
+        return self._filled(4)
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
@@ -140,7 +174,7 @@ class RetentionLayer(DynamicLayer):
             )
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        b, n_heads, q, _ = key_states.shape
+        b, _, q, _ = key_states.shape
         incoming = self.owner.incoming_for(b, q, self.seen, key_states.device)
         positions = torch.arange(self.seen, self.seen + q, dtype=_POSITION_DTYPE)
         positions = positions.to(self.device).expand(b, q)
@@ -150,16 +184,24 @@ class RetentionLayer(DynamicLayer):
             if incoming.prior is not None
             else positions.new_zeros(b, q, dtype=_STATE_DTYPE)
         )
-        for h in range(n_heads):
-            self.keys_by_head[h] = torch.cat([self.keys_by_head[h], key_states[:, h]], dim=1)
-            self.values_by_head[h] = torch.cat([self.values_by_head[h], value_states[:, h]], dim=1)
-            self.positions[h] = torch.cat([self.positions[h], positions], dim=1)
-            self.state[h] = torch.cat([self.state[h], state], dim=1)
-            self.modality[h] = torch.cat([self.modality[h], incoming.modality], dim=1)
+        grown = 0
+        for h, head in enumerate(self.storage):
+            new = (key_states[:, h], value_states[:, h], positions, state, incoming.modality)
+            n = self.lengths[h]
+            if head[0].shape[1] - n >= q:
+                for stored, values in zip(head, new, strict=True):
+                    stored[:, n : n + q] = values
+            else:
+                grown += n + q - head[0].shape[1]
+                head[:] = [
+                    torch.cat([stored[:, :n], values], dim=1)
+                    for stored, values in zip(head, new, strict=True)
+                ]
+            self.lengths[h] = n + q
         self.seen += q
         self.new_tokens = q
         self.has_empty |= not incoming.all_valid
-        self._hold(self.held_bytes + b * n_heads * q * self.entry_bytes)
+        self._hold(self.held_bytes + b * grown * self.entry_bytes)
         return key_states, value_states
 
     def _hold(self, nbytes: int) -> None:
@@ -173,37 +215,31 @@ class RetentionLayer(DynamicLayer):
         return self.seen
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        stored = max((k.shape[1] for k in self.keys_by_head), default=0)
+        stored = max(self.lengths, default=0)
         return stored + query_length, self.seen - stored
 
     def entries(self) -> int:
         return sum(int((p != EMPTY).sum()) for p in self.positions)
 
     def nbytes(self) -> int:
-        """Bytes of every tensor the layer holds, counted from their sizes."""
-        tensors = (
-            self.keys_by_head,
-            self.values_by_head,
-            self.positions,
-            self.state,
-            self.modality,
-        )
-        return sum(t.numel() * t.element_size() for group in tensors for t in group)
+        """Bytes of every tensor the layer holds, free room included, counted from sizes."""
+        return sum(t.numel() * t.element_size() for head in self.storage for t in head)
 
     def stored(self) -> int:
-        """Slots held per batch row, summed over heads (empty slots of a padded row included):
-        an upper bound on any row's entries, read from sizes alone."""
-        return sum(p.shape[1] for p in self.positions)
+        """Slots filled per batch row, summed over heads (empty slots of a padded row
+        included): an upper bound on any row's entries, read from sizes alone."""
+        return sum(self.lengths)
 
     # -- eviction ------------------------------------------------------------------------------
-    def keep(self, masks: list[torch.Tensor]) -> None:
-        """Keep the entries where ``masks[h]`` [b, L_h] is True; free the rest."""
+    def keep(self, masks: list[torch.Tensor], room: int = 0) -> None:
+        """Keep the entries where ``masks[h]`` [b, L_h] is True; free the rest, leaving
+        ``room`` free slots per head for the tokens to come."""
         padded = False  # empty slots go with the eviction, but rows keeping unequal counts pad
-        for h, mask in enumerate(masks):
-            mask = mask & (self.positions[h] != EMPTY)
+        for h, (mask, positions) in enumerate(zip(masks, self.positions, strict=True)):
+            mask = mask & (positions != EMPTY)
             if mask.shape[0] == 1:
                 index = mask[0].nonzero().squeeze(1)
-                self._select(h, lambda t, index=index: t.index_select(1, index))
+                self._select(h, lambda t, index=index: t.index_select(1, index), room)
                 continue
             # Rows keep different counts: pack kept entries to the left, pad to the longest row.
             counts = mask.sum(1)
@@ -219,24 +255,32 @@ class RetentionLayer(DynamicLayer):
                 fill = EMPTY if t.dtype == _POSITION_DTYPE else 0
                 return torch.where(pad, out, torch.full_like(out, fill))
 
-            self._select(h, gather)
+            self._select(h, gather, room)
         self.has_empty = padded
-
-    def _select(self, h: int, fn) -> None:
-        self.keys_by_head[h] = fn(self.keys_by_head[h]).contiguous()
-        self.values_by_head[h] = fn(self.values_by_head[h]).contiguous()
-        self.positions[h] = fn(self.positions[h]).contiguous()
-        self.state[h] = fn(self.state[h]).contiguous()
-        self.modality[h] = fn(self.modality[h]).contiguous()
         self._hold(self.nbytes())
+
+    def _select(self, h: int, fn, room: int = 0) -> None:
+        """Head ``h``'s filled entries become ``fn`` of them, followed by ``room`` free slots."""
+        head, n = self.storage[h], self.lengths[h]
+        chosen = [fn(t[:, :n]) for t in head]
+        kept = chosen[0].shape[1]
+        if room:
+            rebuilt = []
+            for t in chosen:
+                out = t.new_empty((t.shape[0], kept + room, *t.shape[2:]))
+                out[:, :kept] = t
+                rebuilt.append(out)
+            head[:] = rebuilt
+        else:
+            head[:] = [t.contiguous() for t in chosen]
+        self.lengths[h] = kept
 
     def reset(self) -> None:
         self.seen = 0
         self.new_tokens = 0
         self.window = self.window_positions = None
         self.scaling = 1.0
-        self.keys_by_head, self.values_by_head = [], []
-        self.positions, self.state, self.modality = [], [], []
+        self.storage, self.lengths = [], []
         self._hold(0)
         self.has_empty = False
         self.is_initialized = False
@@ -251,12 +295,14 @@ class RetentionLayer(DynamicLayer):
         self._reorder(indices)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        for h in range(len(self.keys_by_head)):
+        for h in range(len(self.storage)):
             self._select(h, lambda t: t.repeat_interleave(repeats, dim=0))
+        self._hold(self.nbytes())
 
     def _reorder(self, indices: torch.Tensor) -> None:
-        for h in range(len(self.keys_by_head)):
+        for h in range(len(self.storage)):
             self._select(h, lambda t: t.index_select(0, indices.to(t.device)))
+        self._hold(self.nbytes())
 
 
 class RetentionCache(Cache):
@@ -370,8 +416,8 @@ class RetentionCache(Cache):
             for p, m in zip(layer.positions, layer.modality, strict=True):
                 codes = m[p != EMPTY].long().cpu()
                 by_modality += torch.bincount(codes, minlength=len(Modality))[: len(Modality)]
-        batch = layers[0].keys_by_head[0].shape[0] if layers else 0
-        n_heads = sum(len(layer.keys_by_head) for layer in layers)
+        batch = layers[0].storage[0][0].shape[0] if layers else 0
+        n_heads = sum(len(layer.storage) for layer in layers)
         seen = self.get_seq_length()
         return RetentionStats(
             tokens_seen=seen,
@@ -387,10 +433,11 @@ class RetentionCache(Cache):
         )
 
     # -- writes --------------------------------------------------------------------------------
-    def keep(self, masks: list[list[torch.Tensor]]) -> None:
-        """Keep ``masks[layer][head]`` [b, L] entries everywhere, free the others."""
+    def keep(self, masks: list[list[torch.Tensor]], room: int = 0) -> None:
+        """Keep ``masks[layer][head]`` [b, L] entries everywhere, free the others; each head
+        keeps ``room`` free slots for the tokens to come."""
         for layer, layer_masks in zip(self.initialized_layers, masks, strict=True):
-            layer.keep(layer_masks)
+            layer.keep(layer_masks, room)
         self.evictions += 1
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:

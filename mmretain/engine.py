@@ -344,7 +344,7 @@ class RetentionRun:
         there are more), so the first chunks of a long prompt get the budget the prompt will
         have, not a fraction of the few tokens that came before them.
         """
-        batch = cache.initialized_layers[0].keys_by_head[0].shape[0]
+        batch = cache.initialized_layers[0].storage[0][0].shape[0]
         tokens = max(cache.get_seq_length(), cache.prompt_tokens)
         entries = self.config.parsed_budget.entries(
             tokens, self.n_layers, self.n_heads, cache.bytes_per_entry()
@@ -368,12 +368,19 @@ class RetentionRun:
             return
         per_row = sum((p != EMPTY).sum(dim=1) for layer in layers for p in layer.positions)
         if int(per_row.max()) > capacity:
+            if not decoding:
+                self.evict(cache, capacity)
+                return
+            # The slack stays allocated as free room in every head, where the next tokens are
+            # written in place: the cache then holds the budget, filled or not, and the decoding
+            # steps until the next eviction copy nothing.
             slots = self.n_layers * self.n_heads
-            slack = min(self.config.buffer * slots, capacity // 8 // slots * slots)
-            self.evict(cache, capacity - slack if decoding else capacity)
+            room = min(self.config.buffer, capacity // 8 // slots)
+            self.evict(cache, capacity - room * slots, room)
 
-    def evict(self, cache: RetentionCache, capacity: int) -> None:
-        """Score every entry, allocate the budget per batch row, and free what is not kept."""
+    def evict(self, cache: RetentionCache, capacity: int, room: int = 0) -> None:
+        """Score every entry, allocate ``capacity`` entries per batch row, free what is not
+        kept, and leave ``room`` free slots in each head."""
         seen = cache.get_seq_length()
         layers = cache.initialized_layers
         views = [
@@ -412,7 +419,7 @@ class RetentionRun:
                     rank_normalize=not self.policy.comparable,
                 )
             )
-        cache.keep(flat.unflatten(torch.stack(keep_rows)))
+        cache.keep(flat.unflatten(torch.stack(keep_rows)), room)
 
     def _protected(
         self,

@@ -141,8 +141,8 @@ def test_an_accelerate_dispatched_model_runs_under_retain(make):
     with mmretain.retain(model, policy="snapkv", budget=16, recent=4, protect_turn=False) as run:
         model.generate(**inputs, max_new_tokens=6, do_sample=False)
     stats = run.stats
-    assert stats.entries_kept <= (16 + run.config.buffer) * run.n_layers * run.n_heads
-    assert stats.bytes_held == stats.entries_kept * run.cache.bytes_per_entry()
+    budget_bytes = 16 * run.n_layers * run.n_heads * run.cache.bytes_per_entry()
+    assert stats.entries_kept * run.cache.bytes_per_entry() <= stats.bytes_held <= budget_bytes
     assert vars(decoder)["forward"] is accelerate_forward  # accelerate's wrapper, as it was
 
 

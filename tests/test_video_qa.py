@@ -107,7 +107,9 @@ def test_the_text_before_a_video_gets_the_budget_of_the_whole_prompt(checkpoint,
     vlm = load(checkpoint, policy="tova", budget=0.25, sink=0, recent=0, protect_turn=False)
     capacities = []
     evict = vlm.run.evict
-    vlm.run.evict = lambda cache, capacity: capacities.append(capacity) or evict(cache, capacity)
+    vlm.run.evict = lambda cache, capacity, *room: (
+        capacities.append(capacity) or evict(cache, capacity, *room)
+    )
     (answer,) = vlm.answer_video(
         video_file, QUESTIONS[0], fps=4, chunk_frames=4, max_new_tokens=1, question_first=True
     )
