@@ -80,6 +80,25 @@ class Incoming:
     valid: torch.Tensor  # bool [b, q]; False for prompt padding
     prior: torch.Tensor | None = None  # float [b, q]: initial state, e.g. vision saliency
     all_valid: bool = True  # no padding among them (read once per forward, not per head)
+    # The entries' positions, initial state and modality as every layer stores them, built by
+    # the first layer of the forward on each device and reused by the others.
+    entries: dict[tuple[int, torch.device], tuple[torch.Tensor, ...]] = field(default_factory=dict)
+
+    def entries_on(self, seen: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """(positions int32, state float32, modality int8), each [b, q], on ``device``."""
+        key = (seen, device)
+        if key not in self.entries:
+            b, q = self.modality.shape
+            valid = self.valid.to(device)
+            positions = torch.arange(seen, seen + q, dtype=_POSITION_DTYPE, device=device)
+            positions = torch.where(valid, positions.expand(b, q), EMPTY)
+            state = (
+                torch.zeros((b, q), dtype=_STATE_DTYPE, device=device)
+                if self.prior is None
+                else self.prior.to(device, _STATE_DTYPE)
+            )
+            self.entries[key] = (positions, state, self.modality.to(device))
+        return self.entries[key]
 
 
 class RetentionLayer(DynamicLayer):
@@ -175,18 +194,11 @@ class RetentionLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         b, _, q, _ = key_states.shape
-        incoming = self.owner.incoming_for(b, q, self.seen, key_states.device)
-        positions = torch.arange(self.seen, self.seen + q, dtype=_POSITION_DTYPE)
-        positions = positions.to(self.device).expand(b, q)
-        positions = torch.where(incoming.valid, positions, torch.full_like(positions, EMPTY))
-        state = (
-            incoming.prior
-            if incoming.prior is not None
-            else positions.new_zeros(b, q, dtype=_STATE_DTYPE)
-        )
+        incoming = self.owner.incoming_for(b, q, self.seen)
+        positions, state, modality = incoming.entries_on(self.seen, key_states.device)
         grown = 0
         for h, head in enumerate(self.storage):
-            new = (key_states[:, h], value_states[:, h], positions, state, incoming.modality)
+            new = (key_states[:, h], value_states[:, h], positions, state, modality)
             n = self.lengths[h]
             if head[0].shape[1] - n >= q:
                 for stored, values in zip(head, new, strict=True):
@@ -364,14 +376,14 @@ class RetentionCache(Cache):
         counts = torch.bincount(modality[valid].long().flatten().cpu(), minlength=len(Modality))
         self._seen_by_modality += counts[: len(Modality)]
 
-    def incoming_for(self, b: int, q: int, seen: int, device: torch.device) -> Incoming:
-        inc = self.incoming
-        if inc is None or inc.modality.shape != (b, q):
+    def incoming_for(self, b: int, q: int, seen: int) -> Incoming:
+        """What the engine announced for this forward's ``b`` × ``q`` tokens; without that,
+        they count as valid text (or generated, once the cache is not empty)."""
+        if self.incoming is None or self.incoming.modality.shape != (b, q):
             code = Modality.GENERATED if seen else Modality.TEXT
             modality = torch.full((b, q), int(code), dtype=_MODALITY_DTYPE)
-            inc = Incoming(modality, torch.ones(b, q, dtype=torch.bool))
-        prior = None if inc.prior is None else inc.prior.to(device, _STATE_DTYPE)
-        return Incoming(inc.modality.to(device), inc.valid.to(device), prior, inc.all_valid)
+            self.incoming = Incoming(modality, torch.ones(b, q, dtype=torch.bool))
+        return self.incoming
 
     def expect(self, tokens: int) -> None:
         """The prompt now being prefilled reaches ``tokens`` tokens in all (a fraction budget
