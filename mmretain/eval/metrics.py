@@ -1,4 +1,4 @@
-"""Benchmark metrics as their reference evaluations define them, plus strict answer parsers.
+"""Benchmark metrics and answer readers, as lmms-eval 0.7.3 computes and reads them.
 
 - VQA accuracy (VQAv2, TextVQA): https://visualqa.org/evaluation.html — answers normalised the
   official way, then the mean over the 10 leave-one-out subsets of the human answers of

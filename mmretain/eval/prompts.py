@@ -2,8 +2,8 @@
 
 Each builder takes a dataset row and the question's options (empty for open questions) and
 returns the text that follows the image or video. The instructions are the default
-``post_prompt`` strings of lmms-eval's task configs, so scores compare with published lmms-eval
-numbers.
+``post_prompt`` strings of lmms-eval 0.7.3's task configs; where the layout still differs
+(Video-MME, LongVideoBench), eval/README.md says how.
 """
 
 from __future__ import annotations

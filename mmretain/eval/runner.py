@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api import Answer, RetainedVLM, load
+from ..cache import RetentionStats
 from ..errors import (
     GatesMismatchError,
     GatesNotFoundError,
@@ -247,7 +248,6 @@ class Runner:
             # Drawn before the row is written: a crash here reruns the sample, picture and all.
             self._picture(task, cell, vlm, sample)
         scored = task.scorer.score(answer.text, reference.answer, reference.options)
-        stats = answer.stats
         row = {
             "index": index,
             "id": reference.id,
@@ -255,11 +255,7 @@ class Runner:
             "score": scored.score,
             "answer": reference.answer,
             "groups": reference.groups,
-            "tokens_seen": {k: v for k, v in stats.seen_by_modality.items() if v},
-            "tokens_kept": {k: round(v, 2) for k, v in stats.tokens_kept.items() if v},
-            "kv_bytes": stats.bytes_held,
-            "kv_peak_bytes": stats.peak_bytes_held,
-            "kv_full_bytes": stats.bytes_full_cache,
+            **retention_fields(answer.stats),
             "seconds": round(seconds, 3),
         }
         if task.scorer.parses:
@@ -293,6 +289,19 @@ class Runner:
         else:
             grid = retention_map.image_grid(vlm, sample)
             retention_map.save_image_picture(path, sample.images[0], grid, title)
+
+
+def retention_fields(stats: RetentionStats) -> dict[str, Any]:
+    """What the cache held for one answer, as rows record it: tokens seen and kept per modality
+    (a token kept in every layer and head counts once), KV bytes held, the peak, and the bytes
+    of a cache that kept every token."""
+    return {
+        "tokens_seen": {k: v for k, v in stats.seen_by_modality.items() if v},
+        "tokens_kept": {k: round(v, 2) for k, v in stats.tokens_kept.items() if v},
+        "kv_bytes": stats.bytes_held,
+        "kv_peak_bytes": stats.peak_bytes_held,
+        "kv_full_bytes": stats.bytes_full_cache,
+    }
 
 
 def _error_row(index: int, reference, error: Exception, start: float) -> dict[str, Any]:

@@ -1,0 +1,194 @@
+"""An lmms-eval model that runs any lmms-eval task under a KV budget.
+
+Installed with ``pip install 'mmretain[lmms]'``, it registers itself through the
+``lmms_eval.models`` entry point, so lmms-eval finds it by name::
+
+    lmms-eval --model mmretain --model_args pretrained=DIR,policy=global,budget=0.1 \\
+        --tasks videomme --output_path OUT
+
+It is a chat model (``generate_until``): each request's messages go to `RetainedVLM` — a video
+is streamed through the retained cache chunk by chunk (`RetainedVLM.answer_video`), images and
+text are answered with `RetainedVLM.chat` — so a task is answered exactly as ``mmretain eval``
+answers it. lmms-eval scores the replies itself. What the cache held for every request is
+written beside lmms-eval's own output, to ``OUT/<model>/<time>_mmretain_retention.jsonl``
+(``stats=PATH`` names another file).
+
+model_args: ``pretrained`` (a checkpoint directory, a hub id, or ``testbed``), ``policy``,
+``budget`` (tokens, a fraction of the prompt, or bytes such as ``512MiB``), ``allocation``,
+``fps`` and ``max_frames`` (frame sampling), ``chunk_frames`` (frames prefilled between
+evictions), ``dtype``, ``device`` and ``stats``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..api import load
+from ..errors import ConfigError, MediaError
+from .runner import retention_fields
+
+try:
+    from lmms_eval.api.model import lmms
+except ImportError as error:  # the plugin is an optional extra
+    raise ConfigError(
+        "mmretain's lmms-eval model needs lmms-eval; install it with pip install 'mmretain[lmms]'"
+    ) from error
+
+MODEL_ID = "mmretain"
+
+
+def manifest() -> Any:
+    """The ``lmms_eval.models`` entry point: this module's model, registered as a chat model."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id=MODEL_ID, chat_class_path=f"{__name__}.RetainedLMM")
+
+
+class RetainedLMM(lmms):
+    """lmms-eval's chat-model interface over `mmretain.load` (see the module docstring)."""
+
+    is_simple = False
+
+    def __init__(
+        self,
+        pretrained: str = "testbed",
+        policy: str = "auto",
+        budget: int | float | str = 0.25,
+        allocation: str | None = None,
+        fps: float = 1.0,
+        max_frames: int | None = None,
+        chunk_frames: int = 16,
+        dtype: str = "auto",
+        device: str | None = None,
+        stats: str | None = None,
+        batch_size: int | str = 1,
+        **unused: Any,
+    ) -> None:
+        super().__init__()
+        if str(batch_size) != "1":
+            raise ConfigError(
+                f"the mmretain model answers one request at a time, got --batch_size "
+                f"{batch_size}; leave --batch_size at 1"
+            )
+        options = {"allocation": allocation} if allocation else {}
+        self.vlm = load(
+            str(pretrained), policy=policy, budget=budget, device_map=device, dtype=dtype, **options
+        )
+        self.fps, self.max_frames, self.chunk_frames = fps, max_frames, chunk_frames
+        self.batch_size = 1
+        self.stats_path = Path(stats) if stats else _beside_results(str(pretrained))
+
+    def generate_until(self, requests: list[Any]) -> list[str]:
+        """One reply per request, in order; each request's retention stats are recorded."""
+        replies = []
+        for request in requests:
+            _, to_messages, generation, doc_id, task, split = request.args
+            messages = to_messages(self.task_dict[task][split][doc_id])
+            start = time.perf_counter()
+            answer = self._answer(messages, dict(generation))
+            reply = _cut(answer.text, generation.get("until"))
+            self._record(task, doc_id, answer, time.perf_counter() - start)
+            replies.append(reply)
+        return replies
+
+    def _answer(self, messages: list[dict[str, Any]], generation: dict[str, Any]) -> Any:
+        if generation.get("do_sample") or generation.get("num_beams", 1) > 1:
+            raise ConfigError(
+                "the mmretain model decodes greedily; this task asks for sampling or beam "
+                f"search ({generation}); set do_sample to false and num_beams to 1"
+            )
+        tokens = int(generation.get("max_new_tokens") or 128)
+        videos = [part["url"] for part in _parts(messages, "video")]
+        if not videos:
+            chat = [
+                {
+                    "role": message["role"],
+                    "content": [_to_chat_part(part) for part in message["content"]],
+                }
+                for message in messages
+            ]
+            self.vlm.reset()
+            return self.vlm.chat(chat, max_new_tokens=tokens)
+        if len(videos) > 1 or _parts(messages, "image") or not isinstance(videos[0], str):
+            raise MediaError(
+                "the mmretain model takes one video file per request (or only images); this "
+                f"request has {len(videos)} video(s), {len(_parts(messages, 'image'))} image(s)"
+            )
+        question = "\n".join(part["text"] for part in _parts(messages, "text"))
+        return self.vlm.answer_video(
+            videos[0],
+            question,
+            fps=self.fps,
+            max_frames=self.max_frames,
+            chunk_frames=self.chunk_frames,
+            max_new_tokens=tokens,
+        )[0]
+
+    def _record(self, task: str, doc_id: int, answer: Any, seconds: float) -> None:
+        if self.stats_path is None:
+            return
+        row = {
+            "task": task,
+            "doc_id": doc_id,
+            "policy": self.vlm.run.policy.name,
+            "budget": str(self.vlm.config.parsed_budget),
+            **retention_fields(answer.stats),
+            "seconds": round(seconds, 3),
+        }
+        self.stats_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.stats_path.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(row) + "\n")
+
+    def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
+        raise ConfigError(
+            "the mmretain model only generates; choose a task whose output_type is generate_until"
+        )
+
+    def generate_until_multi_round(self, requests: list[Any]) -> list[str]:
+        raise ConfigError(
+            "the mmretain model answers single-round tasks; choose a task whose output_type is "
+            "generate_until"
+        )
+
+
+def _parts(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [part for message in messages for part in message["content"] if part["type"] == kind]
+
+
+def _to_chat_part(part: dict[str, Any]) -> dict[str, Any]:
+    """An lmms-eval content part ({"type", "url" | "text"}) as `RetainedVLM.chat` takes it."""
+    if part["type"] == "text":
+        return {"type": "text", "text": part["text"]}
+    if part["type"] == "image":
+        return {"type": "image", "image": part["url"]}
+    raise MediaError(f"the mmretain model takes images, videos and text, not {part['type']}")
+
+
+def _cut(text: str, until: Any) -> str:
+    """``text`` up to the first of lmms-eval's stop strings."""
+    for stop in [until] if isinstance(until, str) else until or ():
+        if stop:
+            text = text.split(stop, 1)[0]
+    return text
+
+
+def _beside_results(pretrained: str) -> Path | None:
+    """Where lmms-eval writes this run's results (``--output_path`` on its command line, in the
+    folder it names after the model), or None when it writes none."""
+    args = sys.argv[1:]
+    out = None
+    for i, arg in enumerate(args):
+        if arg == "--output_path" and i + 1 < len(args):
+            out = args[i + 1]
+        elif arg.startswith("--output_path="):
+            out = arg.split("=", 1)[1]
+    if out is None:
+        return None
+    from lmms_eval.utils import sanitize_model_name
+
+    stamp = time.strftime("%Y-%m-%dT%H-%M-%S")
+    return Path(out) / sanitize_model_name(pretrained) / f"{stamp}_mmretain_retention.jsonl"
