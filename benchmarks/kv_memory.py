@@ -12,18 +12,23 @@ prompt of random token ids and, inside ``mmretain.retain()``:
   cache (the first input is the argmax of the prefill logits). Timing the loop apart from the
   prefill is why ``generate`` is not used; "decode tok/s" is decode tokens / loop wall time.
 
-A short untimed warm-up on a throwaway cache runs first. Cache statistics are read after the
-decode loop. The parent prints one markdown table row per run on stdout, progress on stderr.
-The "full" policy never evicts, so it runs once per length, without chunks, and its budget is
-shown as "-".
+A short untimed warm-up on a throwaway cache runs first. The peak RSS is read after the
+prefill and the decode loop, before the stock model runs. The parent prints one markdown table
+row per run on stdout, progress on stderr. The "full" policy never evicts, so it runs once per
+length, without chunks, and its budget is shown as "-".
 
-Against the stock model (``sdpa`` attention, transformers' ``DynamicCache``, no ``retain()``),
-measured in the same run:
+Against the stock model (``sdpa`` attention, transformers' ``DynamicCache``, no ``retain()``;
+a second instance with the same weights), measured in the same process:
 
 - "prefill vs stock": the row's prefill time over the stock model's one-call prefill of the
   same prompt (measured once per length, in the "full" row's process);
-- "decode vs stock": the row's time per decoded token over the stock model's, decoding from a
-  cache that holds as many tokens as the row's cache keeps (the same number of entries).
+- "decode vs stock": over ``--compare-tokens`` further steps, each of the row's steps followed
+  by one of the stock model's, the row's total time over the stock model's. The stock model
+  decodes from a cache of as many tokens as the row's cache keeps (the same number of
+  entries); the row's time includes its evictions. Alternating the steps makes a change of load
+  on the machine hit both alike.
+
+Cache statistics are read at the end.
 """
 
 from __future__ import annotations
@@ -77,36 +82,40 @@ def build_model(seed: int):
     return LlamaForCausalLM(config).to(torch.float32).eval()
 
 
-def greedy_decode(model, token, cache, steps: int) -> None:
-    """``steps`` single-token forward calls, each feeding the previous argmax."""
+def greedy_step(model, token, cache) -> tuple:
+    """One single-token forward; the next token (its argmax) and the call's wall time."""
+    start = time.perf_counter()
+    out = model(input_ids=token, **cache_kwargs(cache), use_cache=True)
+    return out.logits[:, -1].argmax(dim=-1, keepdim=True), time.perf_counter() - start
+
+
+def greedy_decode(model, token, cache, steps: int) -> float:
+    """``steps`` greedy single-token forward calls; their total wall time."""
+    total = 0.0
     for _ in range(steps):
-        out = model(input_ids=token, **cache_kwargs(cache), use_cache=True)
-        token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+        token, seconds = greedy_step(model, token, cache)
+        total += seconds
+    return total
 
 
-def stock_s(model, prompt, steps: int) -> tuple[float, float]:
-    """The stock model's seconds for a one-call prefill of ``prompt``, and per token of
-    ``steps`` greedy steps decoded from it."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
+def prefill(model, prompt, cache) -> tuple:
+    """One forward over ``prompt``: its greedy next token and the call's wall time."""
     start = time.perf_counter()
     out = model(input_ids=prompt, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
-    prefill_s = time.perf_counter() - start
-    start = time.perf_counter()
-    greedy_decode(model, out.logits[:, -1].argmax(dim=-1, keepdim=True), cache, steps)
-    return prefill_s, (time.perf_counter() - start) / steps
+    return out.logits[:, -1].argmax(dim=-1, keepdim=True), time.perf_counter() - start
 
 
 def run_one(args: argparse.Namespace) -> dict:
     """One (length, policy, budget) measurement in this process; returns the row's numbers."""
     import torch
+    from transformers import DynamicCache
 
     import mmretain
 
     length, policy, budget = args.one.split(",")
     length = int(length)
     model = build_model(args.seed)
+    stock = build_model(args.seed)  # the same weights, never under retain()
     generator = torch.Generator().manual_seed(args.seed + 1)
     prompt = torch.randint(0, MODEL["vocab_size"], (1, length), generator=generator)
     config = mmretain.RetentionConfig(
@@ -117,31 +126,32 @@ def run_one(args: argparse.Namespace) -> dict:
         chunk_tokens=args.chunk_tokens if policy != "full" else None,
     )
     with torch.inference_mode(), mmretain.retain(model, config) as run:
-        warm = prompt[:, :512]
-        out = model(input_ids=warm, **cache_kwargs(run.new_cache()), logits_to_keep=1)
-        greedy_decode(model, out.logits[:, -1].argmax(dim=-1, keepdim=True), run.cache, 2)
+        token, _ = prefill(model, prompt[:, :512], run.new_cache())  # warm-up
+        greedy_decode(model, token, run.cache, 2)
 
         cache = run.new_cache()
-        start = time.perf_counter()
-        out = model(input_ids=prompt, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
-        prefill_s = time.perf_counter() - start
+        token, prefill_s = prefill(model, prompt, cache)
+        decode_s = greedy_decode(model, token, cache, args.decode_tokens)
+        # The row's peak, read before the stock model runs (ru_maxrss: KiB on Linux, bytes on
+        # macOS): the prefill and the first decode steps, evictions included.
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss_bytes = rss if sys.platform == "darwin" else rss * 1024
 
-        token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
-        start = time.perf_counter()
-        greedy_decode(model, token, cache, args.decode_tokens)
-        decode_s = time.perf_counter() - start
-
+        # The stock model decodes from a cache of as many tokens as the row keeps (the prompt's
+        # first ones; the full row's is the whole prompt, whose prefill is timed too). Its steps
+        # alternate with the row's, so a change of load on the machine hits both alike.
+        kept = prompt[:, : int(cache.stats.tokens_kept_total)]
+        stock_token, _ = prefill(stock, prompt[:, :512], DynamicCache(config=stock.config))
+        stock_cache = DynamicCache(config=stock.config)
+        stock_token, stock_prefill = prefill(stock, kept, stock_cache)
+        paired_s = paired_stock_s = 0.0
+        for _ in range(args.compare_tokens):
+            token, seconds = greedy_step(model, token, cache)
+            stock_token, stock_seconds = greedy_step(stock, stock_token, stock_cache)
+            paired_s += seconds
+            paired_stock_s += stock_seconds
         stats = cache.stats
         kv_per_entry = cache.kv_bytes_per_entry()
-    # The row's peak, read before the stock model runs. ru_maxrss: KiB on Linux, bytes on macOS.
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_bytes = rss if sys.platform == "darwin" else rss * 1024
-    with torch.inference_mode():
-        # The stock model decodes from a cache of the tokens the row kept (the prompt's first
-        # ones; the full row's is the whole prompt, whose prefill is timed too).
-        kept = prompt[:, : int(stats.tokens_kept_total)]
-        stock_prefill, stock_decode = stock_s(model, kept, args.decode_tokens)
-        stock_prefill = stock_prefill if policy == "full" else None
     return {
         "length": length,
         "policy": policy,
@@ -155,8 +165,8 @@ def run_one(args: argparse.Namespace) -> dict:
         "evictions": stats.evictions,
         "prefill_s": prefill_s,
         "decode_tok_s": args.decode_tokens / decode_s if decode_s > 0 else float("inf"),
-        "decode_vs_stock": decode_s / args.decode_tokens / stock_decode,
-        "stock_prefill_s": stock_prefill,
+        "decode_vs_stock": paired_s / paired_stock_s,
+        "stock_prefill_s": stock_prefill if policy == "full" else None,
         "max_rss_bytes": rss_bytes,
         "load_average": os.getloadavg()[0],
     }
@@ -213,7 +223,8 @@ def sweep(args: argparse.Namespace) -> None:
         f"hidden {MODEL['hidden_size']}, {MODEL['num_attention_heads']} attention heads, "
         f"{MODEL['num_key_value_heads']} KV heads, head_dim {MODEL['head_dim']}. Retention: "
         f"global allocation, default protections (a plain forward marks no question), chunk_tokens "
-        f"{args.chunk_tokens}, {args.decode_tokens} greedy decode tokens, batch 1."
+        f"{args.chunk_tokens}, {args.decode_tokens} greedy decode tokens timed for tok/s, then "
+        f"{args.compare_tokens} more alternating with the stock model's, batch 1."
     )
     print()
     print("| " + " | ".join(COLUMNS) + " |")
@@ -233,6 +244,8 @@ def sweep(args: argparse.Namespace) -> None:
             str(args.chunk_tokens),
             "--decode-tokens",
             str(args.decode_tokens),
+            "--compare-tokens",
+            str(args.compare_tokens),
             "--seed",
             str(args.seed),
         ]
@@ -279,7 +292,13 @@ def main() -> None:
         help='length:policy pairs to leave out, comma list ("" runs everything)',
     )
     parser.add_argument("--chunk-tokens", type=int, default=2048, help="prefill chunk size")
-    parser.add_argument("--decode-tokens", type=int, default=16, help="greedy decode steps")
+    parser.add_argument("--decode-tokens", type=int, default=32, help="greedy decode steps")
+    parser.add_argument(
+        "--compare-tokens",
+        type=int,
+        default=64,
+        help="further decode steps, each followed by a stock model's step, for 'decode vs stock'",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the prompt")
     parser.add_argument("--one", help="run a single 'length,policy,budget' row (internal)")
     args = parser.parse_args()

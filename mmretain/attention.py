@@ -66,25 +66,53 @@ def retention_attention(
         out = F.scaled_dot_product_attention(
             query, key, value, is_causal=q > 1, dropout_p=dropout, scale=scaling, enable_gqa=True
         )
+        observed = False
     else:
-        heads = zip(layer.keys_by_head, layer.values_by_head, layer.positions, strict=True)
-        out = torch.cat(
-            [
-                _attend_head(
+        # A decoded token of a policy that accumulates attention: its probabilities are
+        # computed once, for the output and for the policy, instead of SDPA and a recomputation.
+        observed = run.policy.accumulates and q == 1 and dropout == 0.0
+        heads = zip(
+            layer.keys_by_head, layer.values_by_head, layer.positions, layer.state, strict=True
+        )
+        outs = []
+        for h, (keys, values, positions, state) in enumerate(heads):
+            group_query = query[:, h * group : (h + 1) * group]
+            if observed:
+                head_out, probs = _decode_with_probs(
+                    keys, values, positions if layer.has_empty else None, group_query, scaling
+                )
+                run.policy.observe(module.layer_idx, h, probs, state)
+            else:
+                head_out = _attend_head(
                     keys,
                     values,
                     positions if layer.has_empty or q > 1 else None,
-                    query[:, h * group : (h + 1) * group],
+                    group_query,
                     query_positions,
                     dropout,
                     scaling,
                 )
-                for h, (keys, values, positions) in enumerate(heads)
-            ],
-            dim=1,
-        )
-    run.on_attention(layer, module.layer_idx, query, query_positions, scaling)
+            outs.append(head_out)
+        out = torch.cat(outs, dim=1)
+    run.on_attention(layer, module.layer_idx, query, query_positions, scaling, observed)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _decode_with_probs(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    positions: torch.Tensor | None,
+    query: torch.Tensor,
+    scaling: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One KV head's query group [b, g, 1, d] of a decoded token over the head's entries: the
+    output [b, g, 1, dv] and the float32 attention probabilities [b, g, 1, L]."""
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    logits = torch.einsum("bgqd,bld->bgql", query.float(), keys.float()) * scale
+    if positions is not None:  # every entry precedes the token: only empty slots are masked
+        logits = logits.masked_fill((positions == EMPTY)[:, None, None, :], float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.matmul(probs.to(values.dtype), values[:, None]), probs
 
 
 def _attend_head(

@@ -313,7 +313,11 @@ class RetentionRun:
         query: torch.Tensor,
         query_positions: torch.Tensor,
         scaling: float,
+        observed: bool = False,
     ) -> None:
+        """After a layer's attention: keep its latest queries for a window policy and, unless
+        the attention function handed them over already (``observed``), give an accumulating
+        policy the queries' attention probabilities."""
         layer.scaling = scaling
         if self.policy.window:
             window, positions = layer.window, layer.window_positions
@@ -322,19 +326,20 @@ class RetentionRun:
             window = torch.cat([window, query.detach()], dim=2)[:, :, -self.policy.window :]
             positions = torch.cat([positions, query_positions])[-self.policy.window :]
             layer.window, layer.window_positions = window, positions
-        if self.policy.accumulates:
-            group = query.shape[1] // len(layer.keys_by_head)
-            for h, keys in enumerate(layer.keys_by_head):
+        if self.policy.accumulates and not observed:
+            group = query.shape[1] // len(layer.storage)
+            heads = zip(layer.keys_by_head, layer.positions, layer.state, strict=True)
+            for h, (keys, positions, state) in enumerate(heads):
                 for start in range(0, query.shape[2], 256):
                     rows = slice(start, start + 256)
                     probs = attention_probs(
                         query[:, h * group : (h + 1) * group, rows].float(),
                         keys.float(),
-                        layer.positions[h],
+                        positions,
                         query_positions[rows],
                         scaling,
                     )
-                    self.policy.observe(layer_idx, h, probs, layer.state[h])
+                    self.policy.observe(layer_idx, h, probs, state)
 
     # -- eviction ------------------------------------------------------------------------------
     def capacity(self, cache: RetentionCache) -> int:

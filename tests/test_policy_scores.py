@@ -6,7 +6,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from conftest import TEXT
+from transformers import LlamaConfig, LlamaForCausalLM
 
+import mmretain
 from mmretain.policies.attention import SnapKV
 from mmretain.policies.base import LayerView
 
@@ -44,3 +47,23 @@ def test_snapkv_pools_only_the_entries_before_the_window_as_its_reference_code()
         # The window's own entries rank by their votes, unpooled.
         own = probs[:, h * group : (h + 1) * group, :, length - window :].mean(dim=(1, 2))
         torch.testing.assert_close(scores[h][:, length - window :], own)
+
+
+def test_h2o_accumulates_the_attention_every_query_paid_each_entry():
+    """H2O's state: the attention each entry received, summed over every query so far (the
+    prompt's and each decoded token's) and over its KV head's query group; here against the
+    eager attention weights of the same model over the same sequence."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**TEXT)).eval()
+    ids = torch.randint(3, 100, (1, 12))
+    with mmretain.retain(model, policy="h2o", budget=10_000) as run:
+        out = model.generate(ids, max_new_tokens=5, do_sample=False)
+    fed = out[:, :-1]  # the last token was sampled, never fed back
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        weights = model(fed, output_attentions=True).attentions  # per layer [b, heads, T, T]
+    group = TEXT["num_attention_heads"] // TEXT["num_key_value_heads"]
+    for layer, attention in zip(run.cache.layers, weights, strict=True):
+        for h, state in enumerate(layer.state):
+            expected = attention[:, h * group : (h + 1) * group].sum(dim=(1, 2))
+            torch.testing.assert_close(state, expected, rtol=1e-5, atol=1e-5)
