@@ -110,3 +110,7 @@ class RunFailedError(MMRetainError, RuntimeError):
 
 class UsageError(MMRetainError, ValueError):
     """Command-line arguments that do not fit together."""
+
+
+class GatesTrainingError(MMRetainError, ValueError):
+    """Gate-training settings or inputs that cannot train: a bad option, batch or model mask."""

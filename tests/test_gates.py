@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 import torch
@@ -11,11 +13,17 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import mmretain
 from mmretain.compat import cache_kwargs
-from mmretain.errors import GatesMismatchError, GatesNotFoundError
+from mmretain.errors import GatesMismatchError, GatesNotFoundError, GatesTrainingError
 from mmretain.gates import BatchDirectory, RetentionGates, capacity, train_gates
 from mmretain.gates.cli import main as train_gates_cli
 from mmretain.gates.loss import distillation_loss
-from mmretain.gates.soft_retention import retention_bias, soft_retention
+from mmretain.gates.soft_retention import (
+    LOG_BETA_KWARG,
+    retention_bias,
+    soft_retention,
+    soft_retention_attention,
+)
+from mmretain.gates.train import frozen
 from mmretain.policies.gates import GlobalRetention
 
 WIDTH = 16  # gate width: small gates keep the tests fast
@@ -99,6 +107,26 @@ def test_capacity_loss_is_mean_of_nonzero_overflow_terms(global_capacity):
     torch.testing.assert_close(got, want)
 
 
+def test_the_floor_asks_a_starved_head_for_its_share_of_the_budget():
+    """One head keeps everything, the other forgets fast (S_t ≈ 1.05): the global bound alone
+    allows it; a floor of 1/2 adds the starved head's mean shortfall (3 − S_t) / 3 over the
+    steps that have seen 3 tokens, and its gradient raises that head's retention."""
+    steps, budget = 12, 6
+    log_beta = torch.zeros(1, 1, 2, steps, dtype=torch.float64)
+    log_beta[0, 0, 1] = -3.0
+    log_beta.requires_grad_()
+    kwargs = dict(global_capacity=True)
+    without = capacity.capacity_loss(log_beta, budget, **kwargs)
+    with_floor = capacity.capacity_loss(log_beta, budget, floor=0.5, **kwargs)
+    starved = naive_live(log_beta[0, 0, 1].detach(), torch.ones(steps, dtype=torch.bool))
+    want = ((3 - starved[2:]) / 3).mean()
+    torch.testing.assert_close(with_floor - without, want)
+    (grad,) = torch.autograd.grad(with_floor - without, log_beta)
+    assert (grad[0, 0, 1, :-1] < 0).all() and (grad[0, 0, 0] == 0).all()
+    with pytest.raises(GatesTrainingError, match=r"floor is a share of the budget in \[0, 1\)"):
+        capacity.capacity_loss(log_beta, budget, floor=1.5, **kwargs)
+
+
 # -- soft retention ------------------------------------------------------------------------------
 def test_retention_bias_is_log_beta_times_age():
     log_beta = torch.tensor([[[-0.5, -0.25, -1.0]]])
@@ -136,6 +164,122 @@ def test_soft_retention_restores_attention_when_the_forward_fails(llama):
         raise RuntimeError("boom")
     assert llama.model.config._attn_implementation == "sdpa"
     assert not any(m._forward_pre_hooks for m in llama.model.modules())
+
+
+def padded_llama_batch(llama) -> dict:
+    """Two rows, the second left-padded by 5, answers in the last 8 positions."""
+    ids = torch.stack(
+        [llama.text(24), torch.cat([torch.zeros(5, dtype=torch.long), llama.text(19)])]
+    )
+    target = torch.zeros_like(ids)
+    target[:, -8:] = 1
+    return {"input_ids": ids, "attention_mask": (ids != 0).long(), "target_mask": target}
+
+
+def loss_and_gate_grads(model, gates, batch, **kwargs):
+    gates.zero_grad(set_to_none=True)
+    options = dict(budget=6, global_capacity=True, backward=torch.Tensor.backward, **kwargs)
+    with frozen(model):
+        terms = distillation_loss(model, gates, batch, **options)
+    return terms, {name: p.grad.clone() for name, p in gates.named_parameters()}
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
+def test_fused_soft_retention_equals_the_dense_reference(family):
+    """q and k widened with the bias give the dense-bias attention's loss and gate gradients:
+    a left-padded batch with GQA (4 heads on 2 KV heads), and a Qwen2-VL prompt with media."""
+    tiny = FACTORIES[family]()
+    gates = make_gates(tiny.model, bias=0.0, seed=2)  # β ≈ 1/2, varied: a strong bias
+    if family == "llama":
+        batch = padded_llama_batch(tiny)
+    else:
+        batch = tiny.prompt([5, "image", 3, "video", 6])
+        batch["target_mask"] = torch.zeros_like(batch["input_ids"])
+        batch["target_mask"][:, -6:] = 1
+    dense, dense_grads = loss_and_gate_grads(tiny.model, gates, batch, attention="dense")
+    fused, fused_grads = loss_and_gate_grads(tiny.model, gates, batch, attention="fused")
+    for name in ("kl", "ce", "capacity"):
+        torch.testing.assert_close(getattr(fused, name), getattr(dense, name), rtol=1e-5, atol=1e-6)
+    assert dense.kl > 1e-3  # the bias changes the model: the comparison is not vacuous
+    for name, grad in dense_grads.items():
+        assert grad.abs().max() > 0
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_bias_in_bfloat16_at_8k_is_as_close_to_float32_as_bf16_attention_itself():
+    """At T = 8K the bias terms t·log β and j·log β reach ~3,500·|log β| and bfloat16 cannot
+    hold t itself; the widened columns keep them exact. Tolerances: the output may differ from
+    float32 by at most twice what bf16 costs the stock attention on the same inputs; the log β
+    gradient, which the kernel returns as the difference of two key-gradient sums rounded to
+    bf16 (2^-9 each), within 5% (relative L2) and in direction (cosine > 0.998)."""
+    g = torch.Generator().manual_seed(0)
+    length, dim = 8192, 32
+    q, k, v = (torch.randn(1, n, length, dim, generator=g) for n in (2, 1, 1))
+    q, k, v = (x.bfloat16().float() for x in (q, k, v))  # the same values in both dtypes
+    log_beta = -torch.rand(1, 1, length, generator=g) * 0.02
+    weights = torch.randn(1, length, 2, dim, generator=g)
+
+    def attend(dtype):
+        grad_of = log_beta.clone().requires_grad_()
+        out, _ = soft_retention_attention(
+            None, q.to(dtype), k.to(dtype), v.to(dtype), None, **{LOG_BETA_KWARG: grad_of}
+        )
+        (out.float() * weights).sum().backward()
+        return out.float(), grad_of.grad
+
+    reference, reference_grad = attend(torch.float32)
+    out, grad = attend(torch.bfloat16)
+    stock = [
+        torch.nn.functional.scaled_dot_product_attention(q.to(t), k.to(t), v.to(t), is_causal=True)
+        for t in (torch.float32, torch.bfloat16)
+    ]
+    stock_error = (stock[1].float() - stock[0]).abs().max()
+    assert (out - reference).abs().max() <= 2 * stock_error
+    assert (grad - reference_grad).norm() <= 0.05 * reference_grad.norm()
+    cosine = torch.nn.functional.cosine_similarity(grad.flatten(), reference_grad.flatten(), dim=0)
+    assert cosine > 0.998
+
+
+def test_a_batch_runs_the_vision_tower_and_the_teacher_once(vlm):
+    """The student replays the decoder's recorded call: media are encoded once per batch."""
+    batch = vlm.prompt([5, "image", 6])
+    batch["target_mask"] = torch.zeros_like(batch["input_ids"])
+    batch["target_mask"][:, -4:] = 1
+    vision = vlm.model.model.visual if hasattr(vlm.model.model, "visual") else None
+    vision = vision or vlm.model.model.vision_tower
+    calls = {"vision": 0, "model": 0}
+    hooks = [
+        vision.register_forward_hook(lambda *_: calls.__setitem__("vision", calls["vision"] + 1)),
+        vlm.model.register_forward_hook(lambda *_: calls.__setitem__("model", calls["model"] + 1)),
+    ]
+    try:
+        with frozen(vlm.model):
+            gates = make_gates(vlm.model)
+            distillation_loss(vlm.model, gates, batch, budget=4, global_capacity=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == {"vision": 1, "model": 1}
+
+
+def test_checkpointing_the_frozen_model_gives_the_same_gate_gradients(llama):
+    gates = make_gates(llama.model, bias=0.0, seed=4)
+    batch = padded_llama_batch(llama)
+    plain, plain_grads = loss_and_gate_grads(llama.model, gates, batch)
+    again, again_grads = loss_and_gate_grads(llama.model, gates, batch, checkpointing=True)
+    assert torch.equal(again.total, plain.total)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(again_grads[name], grad, rtol=1e-6, atol=1e-9)
+    assert all("forward" not in vars(layer) for layer in llama.model.model.layers)
+
+
+def test_unknown_soft_retention_attention_names_the_choices(llama):
+    gates = make_gates(llama.model)
+    with (
+        pytest.raises(GatesTrainingError, match=r"'flash'.*\['dense', 'fused'\]"),
+        soft_retention(llama.model, gates, attention="flash"),
+    ):
+        pass
 
 
 # -- save / load ---------------------------------------------------------------------------------
@@ -248,6 +392,49 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path, llama):
     )
     resumed = RetentionGates.from_pretrained(out).state_dict()
     assert all(torch.equal(resumed[k], v) for k, v in straight.state_dict().items())
+
+
+def write_jsonl(directory, batches) -> None:
+    directory.mkdir()
+    with (directory / "samples.jsonl").open("w") as lines:
+        for batch in batches:
+            for row in range(batch["input_ids"].shape[0]):
+                sample = {name: value[row].tolist() for name, value in batch.items()}
+                lines.write(json.dumps(sample) + "\n")
+
+
+def test_two_processes_under_accelerate_launch_equal_one_process(tmp_path, llama):
+    """Two CPU processes (gloo), each taking every other batch, with the gates' gradients
+    averaged, train the same gates as one process accumulating both batches of each step."""
+    model_dir, data_dir, out = tmp_path / "model", tmp_path / "data", tmp_path / "two"
+    llama.model.save_pretrained(model_dir)
+    write_jsonl(data_dir, random_token_batches(2, length=24))  # four samples: two steps
+    # accelerate's multi-process launcher (torchrun) on CPUs: gloo, as ACCELERATE_USE_CPU says.
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmretain.gates"]
+    args = ["--model", str(model_dir), "--data", str(data_dir), "--budget", "6", "--steps", "2"]
+    args += ["--width", str(WIDTH), "--lr", "1e-2", "--out", str(out)]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*launch, *args], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    def one_process(accumulate: int) -> dict[str, torch.Tensor]:
+        gates = train_gates(
+            LlamaForCausalLM.from_pretrained(model_dir),
+            BatchDirectory(data_dir),
+            **dict(budget=6, tied=True, steps=2, lr=1e-2, width=WIDTH, progress=False),
+            out=tmp_path / f"one-{accumulate}",
+            accumulate=accumulate,
+        )
+        return gates.state_dict()
+
+    two = RetentionGates.from_pretrained(out).state_dict()
+    accumulated = one_process(accumulate=2)
+    for name, value in accumulated.items():
+        torch.testing.assert_close(two[name], value, rtol=1e-5, atol=1e-7)
+    # Not vacuous: one batch per step (what a single process without accumulation does) differs.
+    single = one_process(accumulate=1)
+    assert not all(torch.allclose(two[name], value) for name, value in single.items())
 
 
 def test_cli_reports_bad_data_in_one_line(tmp_path, capsys):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import GatesTrainingError
+
 # Elements of one [rows, steps, keys] block of decay terms: bounds the memory of the sum.
 BLOCK_ELEMENTS = 1 << 22
 
@@ -81,26 +83,52 @@ def capacity_loss(
     valid: torch.Tensor | None = None,
     *,
     global_capacity: bool,
+    floor: float = 0.0,
 ) -> torch.Tensor:
-    """Mean over its non-zero terms of max(0, (S_t − M) / max(n_t − M, 1)).
+    """Mean over its non-zero terms of max(0, (S_t − M) / max(n_t − M, 1)), plus the floor's.
 
     ``log_beta`` is [b, layers, kv_heads, T]; ``valid`` [b, T] marks real tokens; n_t counts the
     tokens seen up to and including t, so each term is the share of the overflow the gates have
     not forgotten yet (at most 1). Per head (TRIM-KV), M is the per-head ``budget``. Globally
     ("Make Each Token Count", https://arxiv.org/abs/2605.09649) S_t is summed over every layer and
     head and M, n_t are scaled by layers × kv_heads, so heads may trade capacity among themselves.
+
+    A global bound alone lets training spend nearly all of it on one head. ``floor`` = r > 0
+    adds, in the spirit of DBTrimKV's floor ratio, the mean of the non-zero shortfalls
+    max(0, (rM − S_t) / rM) of every head, counted from the step where n_t ≥ rM: every head is
+    asked to keep at least r·M entries, and the rest of the budget stays global.
     """
+    if not 0.0 <= floor < 1.0:
+        raise GatesTrainingError(
+            f"the per-head floor is a share of the budget in [0, 1), got {floor}; "
+            "0 turns it off, 0.5 keeps half of every head's budget to itself"
+        )
     b, n_layers, n_heads, steps = log_beta.shape
     if valid is None:
         valid = torch.ones(b, steps, dtype=torch.bool, device=log_beta.device)
     valid = valid.bool()
-    live = expected_live_entries(log_beta, valid[:, None, None, :])
+    per_head = expected_live_entries(log_beta, valid[:, None, None, :])
     seen = valid.cumsum(dim=-1).to(log_beta.dtype)
     if global_capacity:
         scale = n_layers * n_heads
-        live, seen, capacity, counted = live.sum(dim=(1, 2)), seen * scale, budget * scale, valid
+        live, total, capacity, counted = (
+            per_head.sum(dim=(1, 2)),
+            seen * scale,
+            budget * scale,
+            valid,
+        )
     else:
-        seen, capacity = seen[:, None, None, :], budget
+        live, total, capacity = per_head, seen[:, None, None, :], budget
         counted = valid[:, None, None, :].expand_as(live)
-    overflow = torch.relu((live - capacity) / (seen - capacity).clamp_min(1)) * counted
-    return overflow.sum() / (overflow > 0).sum().clamp_min(1)
+    overflow = torch.relu((live - capacity) / (total - capacity).clamp_min(1)) * counted
+    loss = _mean_of_nonzero(overflow)
+    if floor > 0:
+        least = floor * budget
+        reachable = valid & (seen >= least)
+        shortfall = torch.relu((least - per_head) / least) * reachable[:, None, None, :]
+        loss = loss + _mean_of_nonzero(shortfall)
+    return loss
+
+
+def _mean_of_nonzero(terms: torch.Tensor) -> torch.Tensor:
+    return terms.sum() / (terms > 0).sum().clamp_min(1)

@@ -2,6 +2,10 @@
 
     train-gates --model M --data testbed|DIR --budget B --steps N --out DIR [--resume]
                 [--tied | --untied] [--lr LR] [--checkpoint-every K] [--width W] [--seed S]
+                [--accumulate A] [--floor R] [--dtype bfloat16] [--checkpointing]
+
+On several GPUs: ``accelerate launch --num_processes P -m mmretain.gates ...`` (each process
+takes every P-th batch; the gates' gradients are averaged).
 
 To ship gates with a model, write them into the model's directory: ``--out M/retention_gates``
 (tied; loaded by ``policy="global"``) or ``--out M/retention_gates_untied --untied`` (loaded by
@@ -54,6 +58,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--width", type=int, default=512, help="hidden width of each gate")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--accumulate", type=int, default=1, help="batches per optimizer step and process"
+    )
+    parser.add_argument(
+        "--floor",
+        type=float,
+        default=0.0,
+        help="share of the budget every head is asked to keep, in [0, 1) (tied gates)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="dtype of the frozen model (default: the checkpoint's); gates train in float32",
+    )
+    parser.add_argument(
+        "--checkpointing",
+        action="store_true",
+        help="recompute the frozen model's layers in the backward pass (less memory, ~1.3x time)",
+    )
     return parser
 
 
@@ -82,7 +106,7 @@ def train(args: argparse.Namespace, argv: list[str]) -> None:
     if batches is None:
         batches = testbed_batches(model)
     train_gates(
-        load_model(model),
+        load_model(model, dtype=args.dtype),
         batches,
         budget=args.budget,
         tied=args.tied,
@@ -93,6 +117,9 @@ def train(args: argparse.Namespace, argv: list[str]) -> None:
         resume=args.resume,
         width=args.width,
         seed=args.seed,
+        accumulate=args.accumulate,
+        floor=args.floor,
+        checkpointing=args.checkpointing,
     )
     # How the gates were made, for the reports that use them.
     record = {

@@ -25,6 +25,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from ..errors import GatesTrainingError
+
 TARGET_MASK = "target_mask"
 
 
@@ -61,11 +63,11 @@ class BatchDirectory:
 
 
 def _read(path: Path, read):
-    """``read(path)``, with safetensors' own error types as a ValueError naming the file."""
+    """``read(path)``, with safetensors' own error types as a GatesTrainingError naming the file."""
     try:
         return read(path)
     except Exception as error:
-        raise ValueError(f"batch {path} cannot be read: {error}") from None
+        raise GatesTrainingError(f"batch {path} cannot be read: {error}") from None
 
 
 def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -84,21 +86,23 @@ def _json_batches(path: Path) -> Iterator[dict[str, torch.Tensor]]:
 
 
 def _json_batch(line: str, where: str) -> dict[str, torch.Tensor]:
-    """One JSON line as a batch of one, or a ValueError naming the file and line."""
+    """One JSON line as a batch of one, or a GatesTrainingError naming the file and line."""
     try:
         sample = json.loads(line)
         return {name: torch.tensor([values]) for name, values in sample.items()}
     except (ValueError, TypeError, AttributeError) as error:
-        raise ValueError(f"batch {where} is not a JSON object of token lists: {error}") from None
+        raise GatesTrainingError(
+            f"batch {where} is not a JSON object of token lists: {error}"
+        ) from None
 
 
 def _check(shapes: dict[str, tuple[int, ...]], where: str) -> None:
     """A batch (given by its tensors' shapes) has input_ids and a target_mask of their shape."""
     missing = {"input_ids", TARGET_MASK} - set(shapes)
     if missing:
-        raise ValueError(f"batch {where} lacks {sorted(missing)}")
+        raise GatesTrainingError(f"batch {where} lacks {sorted(missing)}")
     if shapes[TARGET_MASK] != shapes["input_ids"]:
-        raise ValueError(
+        raise GatesTrainingError(
             f"batch {where}: target_mask {shapes[TARGET_MASK]} must have the shape "
             f"of input_ids {shapes['input_ids']}"
         )
@@ -144,7 +148,7 @@ def batch_stream(
                 yield batch
             index += 1
         if not produced or iter(batches) is batches:
-            raise ValueError(
+            raise GatesTrainingError(
                 f"the training data ran out after {index} batches; pass a re-iterable source "
                 "(a list, a BatchDirectory) or one with enough batches for every step"
             )

@@ -5,7 +5,8 @@ TRIM-KV (untied gates, per-head capacity): https://arxiv.org/abs/2512.03324.
 
 `accelerate` places the model and gates on the device of the run, shards the batches between
 processes and averages the gates' gradients, so the same loop runs on a CPU or on many GPUs
-(``accelerate launch -m mmretain.gates ...``).
+(``accelerate launch -m mmretain.gates ...``). One optimizer step of P processes with
+``accumulate`` = A takes P·A batches and equals one process with A = P·A on the same batches.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import GatesTrainingError
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import batch_stream
 from .loss import LossTerms, distillation_loss
@@ -29,6 +31,8 @@ from .retention_gates import GatesConfig, RetentionGates
 # epsilon keeps Adam's normalised step from being swamped by it.
 ADAM_EPS = 1e-12
 SMOOTHING = 0.9  # of the running loss terms on the progress bar
+# Settings a checkpoint may predate; resuming it assumes these.
+SETTING_DEFAULTS = {"accumulate": 1, "floor": 0.0}
 
 
 def train_gates(
@@ -45,6 +49,10 @@ def train_gates(
     width: int = 512,
     seed: int = 0,
     progress: bool = True,
+    accumulate: int = 1,
+    floor: float = 0.0,
+    attention: str = "fused",
+    checkpointing: bool = False,
 ) -> RetentionGates:
     """Train gates for ``model`` for ``steps`` optimizer steps and save them to ``out``.
 
@@ -53,15 +61,21 @@ def train_gates(
     goes to ``out/checkpoints/`` every ``checkpoint_every`` steps and at the end; with ``resume``
     training continues from the latest one (gates, optimizer, step, data position). The final
     gates are written to ``out`` with `RetentionGates.save_pretrained`.
+
+    Each optimizer step averages the gradients of ``accumulate`` batches per process. ``floor``
+    is the per-head floor of the capacity loss (`capacity_loss`); ``attention`` and
+    ``checkpointing`` are those of `distillation_loss`. The model keeps its dtype (bf16 halves
+    its memory); the gates train in float32.
     """
-    if budget < 1 or steps < 0 or checkpoint_every < 1:
-        raise ValueError(
-            f"budget and checkpoint_every must be >= 1 and steps >= 0; got budget={budget}, "
-            f"checkpoint_every={checkpoint_every}, steps={steps}"
+    if budget < 1 or steps < 0 or checkpoint_every < 1 or accumulate < 1:
+        raise GatesTrainingError(
+            f"budget, checkpoint_every and accumulate must be >= 1 and steps >= 0; got "
+            f"budget={budget}, checkpoint_every={checkpoint_every}, accumulate={accumulate}, "
+            f"steps={steps}"
         )
     out = Path(out)
     accelerator = Accelerator()
-    settings = {"budget": budget, "tied": tied}
+    settings = {"budget": budget, "tied": tied, "accumulate": accumulate, "floor": floor}
     checkpoint = latest_checkpoint(out) if resume else None
     if checkpoint is None:
         config = replace(GatesConfig.for_model(model.config, tied=tied, width=width), budget=budget)
@@ -77,14 +91,23 @@ def train_gates(
     start = 0
     if checkpoint is not None:
         start, saved = load_checkpoint(checkpoint, optimizer)
-        if saved != settings:
-            raise ValueError(
+        if {**SETTING_DEFAULTS, **saved} != settings:
+            raise GatesTrainingError(
                 f"the checkpoint in {checkpoint} was trained with {saved}, not {settings}; "
                 "pass the same settings or a new output directory"
             )
     stream = batch_stream(
-        batches, skip=start, shard=(accelerator.process_index, accelerator.num_processes)
+        batches,
+        skip=start * accumulate,
+        shard=(accelerator.process_index, accelerator.num_processes),
     )
+    options = {
+        "budget": budget,
+        "global_capacity": tied,
+        "floor": floor,
+        "attention": attention,
+        "checkpointing": checkpointing,
+    }
     bar = tqdm(
         range(start, steps),
         initial=start,
@@ -95,7 +118,8 @@ def train_gates(
     running: dict[str, float] = {}
     with frozen(model):
         for step in bar:
-            terms = _step(model, gates, optimizer, accelerator, next(stream), budget, tied)
+            micro = [next(stream) for _ in range(accumulate)]
+            terms = _step(model, gates, optimizer, accelerator, micro, options)
             _update_running(running, terms)
             bar.set_postfix({name: f"{value:.4g}" for name, value in running.items()})
             done = step + 1
@@ -112,13 +136,17 @@ def _step(
     gates: RetentionGates,
     optimizer: torch.optim.Optimizer,
     accelerator: Accelerator,
-    batch: dict[str, torch.Tensor],
-    budget: int,
-    tied: bool,
+    batches: list[dict[str, torch.Tensor]],
+    options: dict,
 ) -> LossTerms:
-    batch = {name: value.to(accelerator.device) for name, value in batch.items()}
-    terms = distillation_loss(model, gates, batch, budget=budget, global_capacity=tied)
-    accelerator.backward(terms.total)
+    """One optimizer step over ``batches``; returns the last batch's terms."""
+
+    def backward(loss: torch.Tensor) -> None:
+        accelerator.backward(loss / len(batches))
+
+    for batch in batches:
+        batch = {name: value.to(accelerator.device) for name, value in batch.items()}
+        terms = distillation_loss(model, gates, batch, backward=backward, **options)
     # The gates run once per layer in a forward, which DDP's wrapper does not allow, so their
     # gradients are averaged between processes here instead.
     for parameter in gates.parameters():
