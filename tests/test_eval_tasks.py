@@ -12,7 +12,7 @@ from PIL import Image
 from mmretain.errors import DatasetNotFoundError, UnknownTaskError
 from mmretain.eval import testbed_tasks as testbed
 from mmretain.eval.data import HubSplit, load_split
-from mmretain.eval.prompts import OPTION_LETTER, SHORT_ANSWER, VIDEO_MME
+from mmretain.eval.prompts import SHORT_ANSWER
 from mmretain.eval.sample import MediaSettings
 from mmretain.eval.subtitles import NO_SUBTITLES, parse_srt, subtitles_at
 from mmretain.eval.tasks import TASKS, select_tasks
@@ -75,34 +75,84 @@ def test_textvqa_ocr_option_appends_the_ocr_tokens_as_llava_1_5():
     assert with_ocr == f"What does it say?\nReference OCR token: STOP, 4\n{SHORT_ANSWER}"
 
 
+# Expected prompts are what lmms-eval 0.7.3's doc_to_text functions return for the same rows
+# with each task's default lmms_eval_specific_kwargs.
+@pytest.mark.parametrize(
+    ("task", "row", "prompt"),
+    [
+        ("vqav2", {"question": "What is it?"}, "What is it?\n{short}"),
+        ("textvqa", {"question": "what is written?"}, "What is written?\n{short}"),
+        (
+            "chartqa",
+            {"question": "How many?"},
+            "How many?\nAnswer the question with a single word.",
+        ),
+        ("docvqa", {"question": "What date?"}, "What date?\n{short}"),
+        (
+            "mme",
+            {"question": "Is there a dog? Please answer yes or no."},
+            "Is there a dog?\n{short}",
+        ),
+        ("pope", {"question": " Is there a dog? "}, "Is there a dog?\n{short}"),
+    ],
+)
+def test_short_answer_prompts_are_lmms_evals(task, row, prompt):
+    short = "Answer the question using a single word or phrase."
+    assert TASKS[task].prompt(row, []) == prompt.format(short=short)
+
+
 def test_scienceqa_prompt_and_letter():
     row = {"hint": "A lab.", "question": "Which is a metal?", "choices": ["wood", "iron"]}
     prompt, answer, options = prompt_and_reference("scienceqa_img", {**row, "answer": 1})
     assert prompt == (
-        f"Context: A lab.\nWhich is a metal?\nA. wood\nB. iron\n{OPTION_LETTER}"
+        "Context: A lab.\nWhich is a metal?\nA. wood\nB. iron\n"
+        "Answer with the option's letter from the given choices directly."
     ) and (answer, options) == ("B", ["wood", "iron"])
     prompt, _, _ = prompt_and_reference("scienceqa_img", {**row, "hint": "", "answer": 0})
     assert prompt.startswith("Which is a metal?")
 
 
-def test_video_multiple_choice_prompts():
+def test_video_multiple_choice_prompts_are_lmms_evals():
     mme = {"question": "What?", "options": ["A. one.", "B. two."], "answer": "B"}
     prompt, answer, options = prompt_and_reference("videomme", mme)
-    assert prompt == f"{VIDEO_MME}\nWhat?\nA. one.\nB. two.\n{OPTION_LETTER}"
+    assert prompt == (
+        "Select the best answer to the following multiple-choice question based on the video "
+        "and the subtitles. Respond with only the letter (A, B, C, or D) of the correct option."
+        "\nWhat?\nA. one.\nB. two.\n\nAnswer with the option's letter from the given choices "
+        "directly."
+    )
     assert (answer, options) == ("B", ["one.", "two."])
+    sub = TASKS["videomme_sub"].prompt({**mme, "subtitles": "Hi."}, ["one.", "two."])
+    assert sub == (
+        "This video's subtitles are listed below: \nHi.\nSelect the best answer to the following "
+        "multiple-choice question based on the video and the subtitles. Respond with only the "
+        "letter (A, B, C, or D) of the correct option.\nWhat?\nA. one.\nB. two.\n"
+        "The best answer is:"
+    )
 
     lvb = {"question": "Who?", "correct_choice": 2}
     lvb |= {f"option{i}": text for i, text in enumerate(["a", "b", "c", "d", "N/A"])}
     prompt, answer, options = prompt_and_reference("longvideobench_val", lvb)
-    assert prompt == f"Who?\nA. a\nB. b\nC. c\nD. d\n{OPTION_LETTER}" and answer == "C"
+    assert prompt == (
+        "Who?\nA. a\nB. b\nC. c\nD. d\n"
+        "Answer with the option's letter from the given choices directly.\n"
+    )
+    assert answer == "C" and TASKS["longvideobench_val"].max_new_tokens == 32
 
     ego = {"question": "Why?", "option": [f"{c}. o{c}" for c in "ABCDE"], "answer": "3"}
     prompt, answer, options = prompt_and_reference("egoschema_subset", ego)
+    assert prompt == (
+        "Why?\nA. oA\nB. oB\nC. oC\nD. oD\nE. oE\n"
+        "Answer with the option's letter from the given choices directly."
+    )
     assert answer == "D" and options == ["oA", "oB", "oC", "oD", "oE"]
 
     mlvu = {"question": "How many?\n(A) one\n(B) two\n(C) three", "answer": "C"}
     prompt, answer, options = prompt_and_reference("mlvu_dev", mlvu)
-    assert prompt == f"{mlvu['question']}\nOnly give the best option.\nBest option: ("
+    assert (
+        prompt
+        == "How many?\n(A) one\n(B) two\n(C) three\nOnly give the best option.\nBest option: ("
+    )
     assert options == ["one", "two", "three"] and answer == "C"
 
 

@@ -26,6 +26,7 @@ VIDEO_MME = (
     "Select the best answer to the following multiple-choice question based on the video and "
     "the subtitles. Respond with only the letter (A, B, C, or D) of the correct option."
 )
+BEST_ANSWER = "The best answer is:"  # Video-MME with subtitles
 MME_YES_NO = " Please answer yes or no."  # MME's own suffix, replaced by the short-answer one
 
 # "A. text", "(A) text", "A) text": how datasets that letter their own options write them.
@@ -93,7 +94,8 @@ class MultipleChoice:
     def __call__(self, row: Row, options: Sequence[str] = ()) -> str:
         parts = []
         if SUBTITLES in row:
-            parts.append(f"This video's subtitles are listed below:\n{row[SUBTITLES]}")
+            # lmms-eval's wording, its trailing space included.
+            parts.append(f"This video's subtitles are listed below: \n{row[SUBTITLES]}")
         if self.header:
             parts.append(self.header)
         if self.context and row.get(self.context):

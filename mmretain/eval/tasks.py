@@ -327,10 +327,17 @@ TASKS: dict[str, Task] = {
             max_new_tokens=32,
         ),
         # -- long-video suite
-        Task("videomme", prompt=MultipleChoice(header=prompts.VIDEO_MME), **_VIDEO_MME),
+        Task(
+            "videomme",
+            # lmms-eval's post_prompt starts with a newline: a blank line before it.
+            prompt=MultipleChoice(
+                header=prompts.VIDEO_MME, instruction=f"\n{prompts.OPTION_LETTER}"
+            ),
+            **_VIDEO_MME,
+        ),
         Task(
             "videomme_sub",
-            prompt=MultipleChoice(header=prompts.VIDEO_MME),
+            prompt=MultipleChoice(header=prompts.VIDEO_MME, instruction=prompts.BEST_ANSWER),
             subtitles=True,
             **_VIDEO_MME,
         ),
@@ -351,7 +358,7 @@ TASKS: dict[str, Task] = {
             "longvideobench_val",
             "video",
             HubSplit("longvideobench/LongVideoBench", "validation"),
-            MultipleChoice(),
+            MultipleChoice(instruction=f"{prompts.OPTION_LETTER}\n"),  # as lmms-eval ends it
             OptionLetter(lambda text, options: parse_first_capital(text)),
             letter("correct_choice"),
             "id",
@@ -360,6 +367,7 @@ TASKS: dict[str, Task] = {
             options=prompts.numbered("option", 5),
             groups=("duration_group",),
             report_by=("duration_group",),
+            max_new_tokens=32,
         ),
         Task(
             "egoschema_subset",
