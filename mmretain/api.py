@@ -59,6 +59,7 @@ class RetainedVLM:
         self.config = self.run.config  # "auto" resolved: the policy that really runs
         self._chat: Session | None = None
         self._chat_images = 0
+        self._scorer = None  # the open_clip relevance scorer, loaded on first use
 
     @property
     def tokenizer(self):
@@ -191,6 +192,11 @@ class RetainedVLM:
         the video, so eviction can favour what it asks about; the video streams once per
         question. ``generation_config`` replaces the default of greedy decoding up to
         ``max_new_tokens``.
+
+        With ``relevance`` in the config (`mmretain.relevance.Relevance`), an open_clip model
+        first scores every frame against each question, reading the video in chunks; then only
+        the chunks it retrieves stream (``retrieve``), and video entries rank with the
+        relevance prior (``prior``). The video then streams once per question.
         """
         if isinstance(questions, str):
             questions = [questions]
@@ -202,6 +208,14 @@ class RetainedVLM:
             else media.Video(path, fps=fps, max_frames=max_frames, start=start, end=end)
         )
         config = self.generation_config(generation_config, max_new_tokens)
+        if self.config.relevance is not None:
+            return [
+                answer
+                for q in questions
+                for answer in self._relevant_answer(
+                    video, q, chunk_frames, question_first, config, progress
+                )
+            ]
         if question_first:
             return [
                 answer
@@ -238,6 +252,51 @@ class RetainedVLM:
         cut = ids.index(video_token)
         return ids[:cut], ids[cut + 1 :]
 
+    def _relevant_answer(
+        self,
+        video: media.Video,
+        question: str,
+        chunk_frames: int,
+        question_first: bool,
+        config: GenerationConfig,
+        progress: Callable[[VideoProgress], None] | None,
+    ) -> list[Answer]:
+        """Score the frames against ``question``, stream the retrieved ones with the prior
+        laid on them, and answer."""
+        from .relevance import (
+            RelevancePrior,
+            RelevanceScorer,
+            normalized,
+            retrieved_video,
+            select_frames,
+        )
+
+        start = time.perf_counter()
+        relevance = self.config.relevance
+        if self._scorer is None:
+            self._scorer = RelevanceScorer(relevance, device=self.model.device)
+        scores = self._scorer.score_video(video, question)
+        if relevance.retrieve:
+            frames = select_frames(
+                scores, chunk_frames, relevance.retrieve, relevance.context_frames
+            )
+            video, scores = retrieved_video(video, frames), scores[frames]
+        prior = self.run.policy if isinstance(self.run.policy, RelevancePrior) else None
+        if prior is not None:
+            prior.set_frames(normalized(scores))
+        answers = self._stream_and_answer(
+            video,
+            [question],
+            chunk_frames,
+            question_first,
+            config,
+            progress,
+            on_chunk=None if prior is None else prior.mark,
+        )
+        for answer in answers:
+            answer.seconds = time.perf_counter() - start  # the CLIP pass included
+        return answers
+
     def _stream_and_answer(
         self,
         video: media.Video,
@@ -246,6 +305,7 @@ class RetainedVLM:
         question_first: bool,
         config: GenerationConfig,
         progress: Callable[[VideoProgress], None] | None,
+        on_chunk: Callable[[int, int, int, int, int], None] | None = None,
     ) -> list[Answer]:
         start = time.perf_counter()
         prompts = [self._video_prompt(q, question_first) for q in questions]
@@ -260,6 +320,7 @@ class RetainedVLM:
                 question=spans[0] if question_first else None,
                 chunk_frames=chunk_frames,
                 progress=progress,
+                on_chunk=on_chunk,
             )
             answers = []
             for question, (_, suffix), span in zip(questions, prompts, spans, strict=True):

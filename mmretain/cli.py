@@ -92,6 +92,31 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="put the question before the video (query-aware eviction; streams once per question)",
     )
+    video.add_argument(
+        "--relevance",
+        choices=("clip",),
+        default=None,
+        help="score frames against each question with open_clip (needs the clip extra): rank "
+        "video entries with that prior (--prior) and stream only the relevant chunks "
+        "(--retrieve)",
+    )
+    video.add_argument(
+        "--prior", type=float, default=None, help="weight of the relevance prior (default 1.0)"
+    )
+    video.add_argument(
+        "--retrieve",
+        type=int,
+        default=0,
+        help="stream only the N most relevant chunks, plus a thin uniform sample (default 0: all)",
+    )
+    video.add_argument(
+        "--clip-model",
+        default="testbed-clip",
+        help="open_clip model directory or architecture name (default: the test-bed CLIP)",
+    )
+    video.add_argument(
+        "--clip-pretrained", default=None, help="its weights, a .safetensors file or directory"
+    )
     video.add_argument("--json", action="store_true", help="print one JSON object")
 
     chat = commands.add_parser("chat", help="chat about an image, interactively")
@@ -140,6 +165,25 @@ def _load(args):
         allocation=args.allocation,
         sink=args.sink,
         recent=args.recent,
+        relevance=_relevance(args),
+    )
+
+
+def _relevance(args):
+    """The `Relevance` the video flags ask for, or None."""
+    if getattr(args, "relevance", None) is None:
+        if getattr(args, "prior", None) is not None or getattr(args, "retrieve", 0):
+            raise UsageError("--prior and --retrieve need --relevance clip")
+        return None
+    from .relevance import Relevance
+
+    prior = 1.0 if args.prior is None else args.prior
+    if prior < 0 or args.retrieve < 0:
+        raise UsageError("--prior and --retrieve must be at least 0")
+    if not prior and not args.retrieve:
+        raise UsageError("--prior 0 without --retrieve N leaves --relevance nothing to do")
+    return Relevance(
+        model=args.clip_model, pretrained=args.clip_pretrained, prior=prior, retrieve=args.retrieve
     )
 
 

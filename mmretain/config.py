@@ -6,7 +6,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -14,6 +14,9 @@ from .budget import ALLOCATIONS, Budget
 from .defaults import AUTO, DEFAULT_BUDGET
 from .errors import ConfigError
 from .policies import RetentionPolicy, build_policy
+
+if TYPE_CHECKING:
+    from .relevance import Relevance
 
 # Where a checkpoint directory ships its tied retention gates, and the file that describes them.
 SHIPPED_GATES = Path("retention_gates") / "retention_gates.json"
@@ -57,6 +60,9 @@ class RetentionConfig:
         modality_caps: optional cap per modality name ("image", "video", ...) as a fraction of
             the budget.
         policy_kwargs: options for a policy given by name.
+        relevance: question-to-frame relevance with open_clip (`mmretain.relevance.Relevance`):
+            retrieval of the chunks a question asks about, and a prior on video entries laid
+            over the policy's ranking; used by `RetainedVLM.answer_video`.
     """
 
     policy: str | RetentionPolicy = AUTO
@@ -69,6 +75,7 @@ class RetentionConfig:
     buffer: int = 16
     modality_caps: dict[str, float] | None = None
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
+    relevance: Relevance | None = None
 
     def __post_init__(self) -> None:
         # Frozen: what a run derives from the config cannot drift from its fields.
@@ -114,6 +121,15 @@ class RetentionConfig:
         policy = None
         if self.policy != AUTO:
             policy = build_policy(self.policy, **self.policy_kwargs)
+        if self.relevance is not None:
+            from .relevance import Relevance, RelevancePrior
+
+            if not isinstance(self.relevance, Relevance):
+                raise ConfigError(
+                    f"relevance must be a mmretain.relevance.Relevance, got {self.relevance!r}"
+                )
+            if policy is not None and self.relevance.prior:
+                policy = RelevancePrior(policy, self.relevance.prior)
         # Derived once: the config is frozen, and the engine reads the budget at every step.
         object.__setattr__(self, "retention_policy", policy)
         object.__setattr__(self, "parsed_budget", budget)

@@ -41,9 +41,14 @@ def stream_video(
     question: tuple[int, int] | None = None,
     chunk_frames: int = 16,
     progress: Callable[[VideoProgress], None] | None = None,
+    on_chunk: Callable[[int, int, int, int, int], None] | None = None,
 ) -> int:
     """Prefill the token ids ``prefix`` (the prompt's text before the video), then ``video``,
     into ``session``; returns the frames streamed.
+
+    ``on_chunk(start, tokens, first_frame, frames, steps)`` hears, before each chunk goes in,
+    that cache positions [start, start + tokens) will hold frames [first_frame, + frames) in
+    ``steps`` equal temporal steps (a relevance prior marks them: `mmretain.relevance`).
 
     ``question`` is the span [start, end) of ``prefix`` holding a question asked before the
     video, whose text eviction then protects (``protect_turn``).
@@ -68,14 +73,22 @@ def stream_video(
     plan: _VideoPlan | None = None
     done = 0
     for item in itertools.chain([] if first is None else [first], encoded):
+        start = cache.get_seq_length()
         if item.prompt is not None:
+            if on_chunk is not None:
+                on_chunk(start, item.prompt["input_ids"].shape[-1], done, item.frames, 1)
             session.extend(item.prompt)
         else:
             if plan is None:
                 plan = _VideoPlan.make(
                     adapter, session, item, video_tokens, total, video.sampled_fps
                 )
-            positions, tags = plan.take(item.embeddings.shape[0], done)
+            n = item.embeddings.shape[0]
+            if on_chunk is not None:
+                on_chunk(
+                    start, n, done, item.frames, max(n // max(plan.grid_h * plan.grid_w, 1), 1)
+                )
+            positions, tags = plan.take(n, done)
             session.extend_embeddings(item.embeddings[None], positions, tags)
         done += item.frames
         if progress is not None:

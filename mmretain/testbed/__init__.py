@@ -40,6 +40,26 @@ def model_path(name: str = "testbed") -> Path:
     return path
 
 
+def clip_path() -> Path:
+    """The directory of the shipped test-bed open_clip model (`mmretain.relevance`)."""
+    path = MODELS_DIR / "clip"
+    if not (path / "open_clip_model.safetensors").is_file():
+        raise ModelLoadError(
+            f"the test-bed CLIP is missing from {path}; reinstall mmretain, or train it with "
+            f"`mmretain testbed train-clip --out {path}`"
+        )
+    return path
+
+
 # Training batches are torch tensors: imported on first use, so the suites load without torch.
 __getattr__, __dir__ = lazy_exports(__name__, {"training_batches": "batching"})
-__all__ = ["MODELS", "SUITES", "Sample", "make_sample", "model_path", "samples", "training_batches"]
+__all__ = [
+    "MODELS",
+    "SUITES",
+    "Sample",
+    "clip_path",
+    "make_sample",
+    "model_path",
+    "samples",
+    "training_batches",
+]

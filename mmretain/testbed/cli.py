@@ -34,6 +34,16 @@ def train_command(args: argparse.Namespace) -> None:
     )
 
 
+def train_clip_command(args: argparse.Namespace) -> None:
+    import torch
+
+    from .clip import train_clip
+
+    torch.set_num_threads(args.threads)
+    record = train_clip(args.out, steps=args.steps, seed=args.seed, minutes=args.minutes)
+    print(json.dumps({"out": str(args.out), **{k: record[k] for k in ("seconds", "steps_done")}}))
+
+
 def make_video_command(args: argparse.Namespace) -> None:
     from .video_file import write_needle_video
 
@@ -80,6 +90,16 @@ def _add_commands(commands) -> None:
         help="torch threads (default 1: reproducible, and faster on a busy machine)",
     )
     train.set_defaults(handler=train_command)
+
+    clip = commands.add_parser(
+        "train-clip", help="train the test-bed CLIP that scores frames against a question"
+    )
+    clip.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    clip.add_argument("--steps", type=int, default=2000)
+    clip.add_argument("--minutes", type=float, default=10.0, help="stop early after this long")
+    clip.add_argument("--seed", type=int, default=0)
+    clip.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    clip.set_defaults(handler=train_clip_command)
 
     video = commands.add_parser("make-video", help="write a needle video (mp4) with its Q&A")
     video.add_argument("out", type=Path, help="the .mp4 to write; the Q&A goes to .json beside it")
