@@ -74,6 +74,8 @@ def widen_for_retention(
     extra column and every product of two of them is exact in bf16 inputs with a float32
     accumulator, so the large terms t·L̃ and j·L̃ (≈ 3,500 each at T = 32K) cancel exactly and
     the bias carries only L̃'s own rounding (relative 2⁻⁹ in bf16, as the logits themselves).
+    The log β gradient is the difference of two key-gradient sums that the kernel returns in
+    the model's dtype: in bf16 at T = 8K it stays within a few percent of float32 (tested).
     ``valid_keys`` [b, k] (bool) hides padding through one more column. v′ is v zero-padded to
     the same width, so the output is ``out[..., :d]``. Queries are the last q of the k positions;
     log β is [b, kv_heads, k] as the gates give it (GQA: one per KV head).
