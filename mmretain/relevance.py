@@ -25,8 +25,10 @@ rank with the policy's best whatever their own score, and at 0 the ranking is th
 from __future__ import annotations
 
 import copy
+import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,7 +115,10 @@ def load_clip(model: str, pretrained: str | Path | None = None) -> tuple[Any, An
             )
         name, weights = model, _safetensors_in(Path(pretrained).expanduser())
     try:
-        clip, _, preprocess = open_clip.create_model_and_transforms(name, load_weights=False)
+        # Weights load below, from the safetensors file checked above; open_clip's own loader
+        # could take a pickle from the directory, and warns of a random model while it is one.
+        with _quiet_root_logger():
+            clip, _, preprocess = open_clip.create_model_and_transforms(name, load_weights=False)
         open_clip.load_checkpoint(clip, str(weights))
         tokenizer = open_clip.get_tokenizer(name)
     except (OSError, RuntimeError, ValueError, KeyError) as error:
@@ -124,6 +129,19 @@ def load_clip(model: str, pretrained: str | Path | None = None) -> tuple[Any, An
             "open_clip.list_models() and its safetensors weights"
         ) from error
     return clip.eval(), preprocess, tokenizer
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """open_clip logs on the root logger; its warnings during a load mmretain checks itself
+    would only mislead."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _safetensors_in(path: Path) -> Path:
