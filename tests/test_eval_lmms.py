@@ -209,9 +209,11 @@ def test_lmms_eval_finds_the_plugin_as_a_chat_model_by_name():
     assert RetainedLMM.is_simple is False  # lmms-eval hands it chat messages
 
 
-def test_the_plugin_refuses_batches_before_loading_anything():
+def test_the_plugin_refuses_batches_and_unknown_args_before_loading_anything():
     from mmretain.errors import ConfigError
     from mmretain.eval.lmms_model import RetainedLMM
 
     with pytest.raises(ConfigError, match="--batch_size"):
         RetainedLMM(pretrained="/no/such/model", batch_size=4)
+    with pytest.raises(ConfigError, match="unknown model_args budgte"):
+        RetainedLMM(pretrained="/no/such/model", budgte=0.1)

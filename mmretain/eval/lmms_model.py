@@ -13,21 +13,25 @@ answers it. lmms-eval scores the replies itself. What the cache held for every r
 written beside lmms-eval's own output, to ``OUT/<model>/<time>_mmretain_retention.jsonl``
 (``stats=PATH`` names another file).
 
-model_args: ``pretrained`` (a checkpoint directory, a hub id, or ``testbed``), ``policy``,
-``budget`` (tokens, a fraction of the prompt, or bytes such as ``512MiB``), ``allocation``,
-``fps`` and ``max_frames`` (frame sampling), ``chunk_frames`` (frames prefilled between
-evictions), ``dtype``, ``device`` and ``stats``.
+model_args: ``pretrained`` (a checkpoint directory, a hub id, or ``testbed``), ``fps`` and
+``max_frames`` (frame sampling), ``chunk_frames`` (frames prefilled between evictions),
+``dtype``, ``device``, ``stats``, and any `RetentionConfig` field: ``policy``, ``budget``
+(tokens, a fraction of the prompt, or bytes such as ``512MiB``), ``allocation``, ``sink``,
+``recent``, ``chunk_tokens``, ...
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ..api import load
+from ..api import Answer, load
+from ..config import RetentionConfig
+from ..defaults import AUTO, DEFAULT_BUDGET
 from ..errors import ConfigError, MediaError
 from .runner import retention_fields
 
@@ -56,9 +60,8 @@ class RetainedLMM(lmms):
     def __init__(
         self,
         pretrained: str = "testbed",
-        policy: str = "auto",
-        budget: int | float | str = 0.25,
-        allocation: str | None = None,
+        policy: str = AUTO,
+        budget: int | float | str = DEFAULT_BUDGET,
         fps: float = 1.0,
         max_frames: int | None = None,
         chunk_frames: int = 16,
@@ -66,7 +69,8 @@ class RetainedLMM(lmms):
         device: str | None = None,
         stats: str | None = None,
         batch_size: int | str = 1,
-        **unused: Any,
+        max_batch_size: int | None = None,  # lmms-eval passes it to every model; unused here
+        **options: Any,
     ) -> None:
         super().__init__()
         if str(batch_size) != "1":
@@ -74,7 +78,15 @@ class RetainedLMM(lmms):
                 f"the mmretain model answers one request at a time, got --batch_size "
                 f"{batch_size}; leave --batch_size at 1"
             )
-        options = {"allocation": allocation} if allocation else {}
+        # Any other model_arg is a RetentionConfig field (allocation, sink, recent, ...).
+        fields = {field.name for field in dataclasses.fields(RetentionConfig) if field.init}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise ConfigError(
+                f"unknown model_args {', '.join(unknown)}; the mmretain model takes pretrained, "
+                "fps, max_frames, chunk_frames, dtype, device, stats and the RetentionConfig "
+                f"fields {', '.join(sorted(fields))}"
+            )
         self.vlm = load(
             str(pretrained), policy=policy, budget=budget, device_map=device, dtype=dtype, **options
         )
@@ -95,7 +107,7 @@ class RetainedLMM(lmms):
             replies.append(reply)
         return replies
 
-    def _answer(self, messages: list[dict[str, Any]], generation: dict[str, Any]) -> Any:
+    def _answer(self, messages: list[dict[str, Any]], generation: dict[str, Any]) -> Answer:
         if generation.get("do_sample") or generation.get("num_beams", 1) > 1:
             raise ConfigError(
                 "the mmretain model decodes greedily; this task asks for sampling or beam "
@@ -128,7 +140,7 @@ class RetainedLMM(lmms):
             max_new_tokens=tokens,
         )[0]
 
-    def _record(self, task: str, doc_id: int, answer: Any, seconds: float) -> None:
+    def _record(self, task: str, doc_id: int, answer: Answer, seconds: float) -> None:
         if self.stats_path is None:
             return
         row = {
