@@ -7,6 +7,7 @@ import pytest
 from mmretain.eval.metrics import (
     anls,
     exact_match,
+    gqa_exact_match,
     levenshtein,
     mme_scores,
     normalize_vqa_answer,
@@ -58,6 +59,20 @@ def test_vqa_accuracy_normalizes_both_sides():
     assert vqa_accuracy("1000", ["1,000"] * 10) == 1.0
     with pytest.raises(ValueError, match="human answer"):
         vqa_accuracy("yes", [])
+
+
+# As lmms-eval 0.7.3's exact_match (ignore_case, ignore_punctuation) scores them.
+@pytest.mark.parametrize(
+    ("prediction", "answer", "score"),
+    [
+        ("red - white", "red white", 0.0),
+        ("red  car", "red car", 0.0),
+        ("Yes.", "yes", 1.0),
+        ("T-shirt", "tshirt", 1.0),
+    ],
+)
+def test_gqa_exact_match_keeps_spaces_as_lmms_eval(prediction, answer, score):
+    assert gqa_exact_match(prediction, answer) == score
 
 
 def test_exact_match_ignores_case_and_punctuation():

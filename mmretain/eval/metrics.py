@@ -208,13 +208,21 @@ _STRIP_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def normalize_exact(text: str) -> str:
-    """Lower case, punctuation removed, whitespace collapsed (exact match "ignoring case and
-    punctuation", as GQA is scored)."""
+    """Lower case, punctuation removed, whitespace collapsed (the test-bed's exact match)."""
     return " ".join(text.lower().translate(_STRIP_PUNCTUATION).split())
 
 
 def exact_match(prediction: str, answer: str) -> float:
     return float(normalize_exact(prediction) == normalize_exact(answer))
+
+
+def gqa_exact_match(prediction: str, answer: str) -> float:
+    """GQA's exact match in lmms-eval 0.7.3: case and punctuation ignored, spaces kept as they
+    are ("red - white" is not "red white")."""
+    return float(
+        prediction.lower().translate(_STRIP_PUNCTUATION)
+        == answer.lower().translate(_STRIP_PUNCTUATION)
+    )
 
 
 # -- ANLS ----------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from .data import (
 )
 from .metrics import (
     anls,
-    exact_match,
+    gqa_exact_match,
     parse_egoschema_choice,
     parse_first_capital,
     parse_ranked_choice,
@@ -255,7 +255,7 @@ TASKS: dict[str, Task] = {
                 ImageJoin("testdev_balanced_images", "testdev", key="imageId"),
             ),
             ShortAnswer(),
-            Averaged(exact_match, "exact match"),
+            Averaged(gqa_exact_match, "exact match"),
             value("answer"),
             "id",
             image=None,
