@@ -217,3 +217,31 @@ def test_the_plugin_refuses_batches_and_unknown_args_before_loading_anything():
         RetainedLMM(pretrained="/no/such/model", batch_size=4)
     with pytest.raises(ConfigError, match="unknown model_args budgte"):
         RetainedLMM(pretrained="/no/such/model", budgte=0.1)
+
+
+def test_the_plugin_cuts_at_stop_strings_and_refuses_sampling(include):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from mmretain.errors import ConfigError
+    from mmretain.eval.lmms_model import RetainedLMM
+
+    (doc,) = json.loads((include / "needle.json").read_text())[:1]
+    model = RetainedLMM(pretrained="testbed", policy="full", device="cpu")
+    model.task_dict = {"needle": {"test": [doc]}}
+
+    def messages(doc):
+        image = Image.open(doc["image"]).convert("RGB")
+        text = {"type": "text", "text": doc["question"]}
+        return [{"role": "user", "content": [{"type": "image", "url": image}, text]}]
+
+    def ask(**generation):
+        request = SimpleNamespace(args=("", messages, generation, 0, "needle", "test"))
+        return model.generate_until([request])[0]
+
+    whole = ask(max_new_tokens=4)
+    assert whole == doc["answer"]  # the full cache finds the needle
+    assert ask(max_new_tokens=4, until=[whole[2:]]) == whole[:2]
+    with pytest.raises(ConfigError, match="greedily"):
+        ask(max_new_tokens=4, do_sample=True)
