@@ -95,7 +95,7 @@ def _add_commands(commands) -> None:
         "train-clip", help="train the test-bed CLIP that scores frames against a question"
     )
     clip.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
-    clip.add_argument("--steps", type=int, default=2000)
+    clip.add_argument("--steps", type=int, default=4000)
     clip.add_argument("--minutes", type=float, default=10.0, help="stop early after this long")
     clip.add_argument("--seed", type=int, default=0)
     clip.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")

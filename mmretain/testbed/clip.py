@@ -87,14 +87,20 @@ def train_clip(
     (out / "open_clip_config.json").write_text(json.dumps(config, indent=1) + "\n")
     model = open_clip.create_model(f"local-dir:{out}")
     tokenizer = open_clip.get_tokenizer(f"local-dir:{out}")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    # Cosine decay: the last steps settle instead of jumping between batches.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     mean = torch.tensor(PREPROCESS["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(PREPROCESS["std"]).view(1, 3, 1, 1)
     started, history = time.perf_counter(), []
     for step in range(steps):
-        frames, texts, labels = batch(sample_rng("clip", "train", step, seed), batch_size)
-        # Frames are already the model's size: the preprocessing reduces to this scaling.
-        pixels = (torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        rng = sample_rng("clip", "train", step, seed)
+        frames, texts, labels = batch(rng, batch_size)
+        # Frames are already the model's size: the preprocessing reduces to this scaling. The
+        # noise stands in for what video compression does to the frames it is shown later.
+        pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+        pixels = pixels + torch.from_numpy(rng.normal(0, 0.03, pixels.shape)).float()
+        pixels = (pixels - mean) / std
         image = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
         text = torch.nn.functional.normalize(model.encode_text(tokenizer(texts)), dim=-1)
         logits = image @ text.T * model.logit_scale.exp() + model.logit_bias
@@ -102,6 +108,7 @@ def train_clip(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
         if step % 50 == 0 or step == steps - 1:
             history.append({"step": step, "loss": round(loss.item(), 4)})
             print(json.dumps(history[-1]), flush=True)
