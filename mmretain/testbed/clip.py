@@ -74,7 +74,7 @@ def batch(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[str], t
 
 
 def train_clip(
-    out: str | Path, steps: int = 600, batch_size: int = 32, seed: int = 0, minutes: float = 10
+    out: str | Path, steps: int = 4000, batch_size: int = 32, seed: int = 0, minutes: float = 10
 ) -> dict[str, Any]:
     """Train the test-bed CLIP from scratch and write it to ``out``; returns the record."""
     import open_clip
