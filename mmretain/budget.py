@@ -263,6 +263,7 @@ def allocate(
     modality: torch.Tensor | None = None,
     modality_caps: dict[int, int] | None = None,
     rank_normalize: bool = False,
+    head_floor: float = 0.0,
 ) -> torch.Tensor:
     """Keep mask over the flat entries of one sequence, spending at most ``capacity`` entries.
 
@@ -279,6 +280,11 @@ def allocate(
     the earlier entry. With ``rank_normalize`` each score is first replaced by its rank within its
     (layer, head) divided by that group's number of non-empty entries, so heads whose scores live
     on different scales compete on one scale.
+
+    ``head_floor`` = r > 0 (global mode) first gives each (layer, head) an equal part
+    of r × (capacity − protected entries), filled with its own best entries, which are then kept
+    as protected while the rest of the capacity is allocated as ``mode`` says: in the spirit of
+    DBTrimKV's floor ratio (https://github.com/ngocbh/trimkv), no head is starved.
 
     When ``capacity`` covers every non-empty entry and no cap is exceeded, all of them are kept,
     whatever the mode. Raises ``ValueError`` when protected entries alone overflow a share.
@@ -306,6 +312,30 @@ def allocate(
         int((present & ~kept_protected & (codes == m)).sum()) <= max(r, 0) for m, r in room.items()
     ):
         return present
+
+    if head_floor > 0 and mode == "global":
+        floor = allocate(
+            scores.masked_fill(kept_protected, -math.inf),
+            layer,
+            head,
+            int(head_floor * (capacity - int(kept_protected.sum()))),
+            mode="uniform",
+            n_layers=n_layers,
+            n_heads=n_heads,
+        )
+        return allocate(
+            scores,
+            layer,
+            head,
+            capacity,
+            mode=mode,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            protected=kept_protected | floor,
+            modality=modality,
+            modality_caps=modality_caps,
+            rank_normalize=rank_normalize,
+        )
 
     group, n_groups = _groups(layer, head, mode, n_layers, n_heads)
     shares = _shares(capacity, n_groups, device)

@@ -46,6 +46,10 @@ class RetentionConfig:
         allocation: "global" (one ranking over every layer, head and position), "layer"
             (an equal share per layer) or "uniform" (an equal share per layer and head);
             default: the policy's preferred one (global for all but trimkv).
+        head_floor: under global allocation, this share of the budget (what the
+            protections leave of it) is first split evenly over every (layer, KV head), each
+            filling its part with its own best entries; the rest is ranked as the allocation
+            says. No head is starved however its scores compare (DBTrimKV's floor ratio).
         sink: first tokens protected. recent: last tokens protected. Both default to 0: each
             policy ranks every token itself (StreamingLLM's sinks are part of its score).
         protect_turn: protect the text of the latest question (the span `Session.generate`
@@ -68,6 +72,7 @@ class RetentionConfig:
     policy: str | RetentionPolicy = AUTO
     budget: int | float | str = DEFAULT_BUDGET
     allocation: str | None = None
+    head_floor: float = 0.0
     sink: int = 0
     recent: int = 0
     protect_turn: bool = True
@@ -103,6 +108,14 @@ class RetentionConfig:
                     f"modality_caps[{modality!r}] must be a fraction of the budget in [0, 1], "
                     f"got {share!r}"
                 )
+        if (
+            isinstance(self.head_floor, bool)
+            or not isinstance(self.head_floor, (int, float))
+            or not 0 <= self.head_floor < 1
+        ):
+            raise ConfigError(
+                f"head_floor must be a share of the budget in [0, 1), got {self.head_floor!r}"
+            )
         if self.allocation is not None and self.allocation not in ALLOCATIONS:
             raise ConfigError(
                 f"unknown allocation {self.allocation!r}; choose one of {', '.join(ALLOCATIONS)}"

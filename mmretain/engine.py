@@ -422,6 +422,7 @@ class RetentionRun:
                     modality=flat.modality[r],
                     modality_caps=caps,
                     rank_normalize=not self.policy.comparable,
+                    head_floor=self.config.head_floor,
                 )
             )
         cache.keep(flat.unflatten(torch.stack(keep_rows)), room)

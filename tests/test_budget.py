@@ -522,3 +522,39 @@ def test_budget_is_spent_exactly_when_candidates_suffice(c):
         if c["capacity"] >= int(present.sum()):
             expected = int((present & in_group).sum())
         assert int((keep & in_group).sum()) == expected
+
+
+def test_a_head_floor_keeps_every_head_its_own_best_entries():
+    # Two layers of two heads, ten entries each; the first head outscores every other entry.
+    layer = torch.arange(2).repeat_interleave(20)
+    head = torch.arange(2).repeat_interleave(10).repeat(2)
+    scores = torch.rand(40, generator=torch.Generator().manual_seed(0))
+    scores[:10] += 10
+    plain = allocate(scores, layer, head, 16, n_layers=2, n_heads=2)
+    assert int(plain[:10].sum()) == 10  # without a floor the strong head takes all it has
+    assert torch.equal(
+        allocate(scores, layer, head, 16, n_layers=2, n_heads=2, head_floor=0.0), plain
+    )
+
+    floored = allocate(scores, layer, head, 16, n_layers=2, n_heads=2, head_floor=0.5)
+    assert int(floored.sum()) == 16
+    for g in range(4):  # 0.5 × 16 = 8 entries of floor: each head keeps its 2 best at least
+        own = scores[g * 10 : (g + 1) * 10]
+        best = own.topk(2).indices + g * 10
+        assert bool(floored[best].all())
+    # The other 8 go by one ranking: the strong head's 8 next best.
+    assert int(floored[:10].sum()) == 10
+
+
+def test_a_head_floor_is_paid_from_what_the_protections_leave():
+    layer = torch.zeros(12, dtype=torch.long)
+    head = torch.arange(2).repeat_interleave(6)
+    scores = torch.arange(12, dtype=torch.float)  # head 1 outscores head 0 everywhere
+    protected = torch.zeros(12, dtype=torch.bool)
+    protected[[0, 6]] = True
+    keep = allocate(
+        scores, layer, head, 6, n_layers=1, n_heads=2, protected=protected, head_floor=0.5
+    )
+    # 6 - 2 protected = 4; half of it, 2, split over the two heads: head 0 keeps its best
+    # entry (5) besides the protected one; the other 2 go by one ranking, to head 1 (9, 10).
+    assert keep.nonzero().squeeze(1).tolist() == [0, 5, 6, 9, 10, 11]

@@ -98,6 +98,7 @@ def test_a_missing_model_directory_is_named(tmp_path, image_file, capsys):
         ("protect_turn", "no", "protect_turn must be True or False"),
         ("modality_caps", {"image": 2}, r"modality_caps\['image'\] must be a fraction"),
         ("chunk_tokens", 0, "chunk_tokens must be a positive"),
+        ("head_floor", 1.0, r"head_floor must be a share of the budget in \[0, 1\)"),
         ("budget", "lots", "budget could not be read"),
         ("policy_kwargs", {"windw": 8}, "policy 'snapkv' has no option 'windw'; its options: "),
         ("policy_kwargs", {"window": "x"}, r"policy_kwargs\['window'\] of 'snapkv' must be a"),
