@@ -267,6 +267,7 @@ class RelevancePrior(RetentionPolicy):
 
     def bind(self, model) -> None:
         self.base.bind(model)
+        self.preferred_allocation = self.base.preferred_allocation  # the gates may name one
 
     def init_state(self, layer: int, hidden: torch.Tensor | None, keys: torch.Tensor):
         return self.base.init_state(layer, hidden, keys)

@@ -3,6 +3,9 @@ the defaults pick the best policy a model ships."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 import torch
 from checkpoints import write_family, write_qwen2_vl, write_testbed
@@ -11,8 +14,9 @@ from transformers import GenerationConfig
 import mmretain
 from mmretain import Session
 from mmretain.api import load
-from mmretain.errors import BudgetWarning
+from mmretain.errors import BudgetWarning, GatesMismatchError
 from mmretain.gates import RetentionGates
+from mmretain.testbed import model_path
 
 GREEDY = GenerationConfig(max_new_tokens=4, do_sample=False)
 
@@ -116,3 +120,25 @@ def test_generate_keeps_the_question_it_is_told_of(llama):
     for layer in run.cache.layers:
         for positions in layer.positions:
             assert set(range(70, 80)) <= set(positions[0].tolist())
+
+
+def test_gates_may_name_the_allocation_they_rank_best_with(tmp_path):
+    gated = write_testbed(tmp_path / "gated")
+    model = load(gated).model
+    gates = RetentionGates.for_model(model, tied=True, width=8)
+    gates.config = dataclasses.replace(gates.config, allocation="layer")
+    gates.save_pretrained(gated / "retention_gates")
+    for asked, used in ((None, "layer"), ("global", "global")):
+        with mmretain.retain(model, policy="global", allocation=asked) as run:
+            assert run.config.allocation_mode == used
+    config_file = gated / "retention_gates" / "retention_gates.json"
+    record = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**record, "allocation": "everywhere"}))
+    with (
+        pytest.raises(GatesMismatchError, match="allocation 'everywhere'"),
+        mmretain.retain(model, policy="global"),
+    ):
+        pass
+    # The shipped LLaVA test-bed gates rank per layer (chosen on held-out samples).
+    shipped = RetentionGates.from_pretrained(model_path("testbed-llava") / "retention_gates")
+    assert shipped.config.allocation == "layer"

@@ -308,6 +308,7 @@ def test_save_load_round_trips_bit_exactly(tmp_path, llama, tied):
         "tied": tied,
         "width": WIDTH,
         "budget": None,
+        "allocation": None,
     }
 
 

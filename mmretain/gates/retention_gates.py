@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..budget import ALLOCATIONS
 from ..errors import GatesMismatchError, GatesNotFoundError
 
 CONFIG_FILE = "retention_gates.json"
@@ -37,6 +38,8 @@ class GatesConfig:
     """What a set of gates was built for; saved as JSON next to the weights.
 
     ``budget`` is the per-head capacity M the gates were trained for (None if untrained).
+    ``allocation`` is the allocation the gates rank best with, when one was chosen for them on
+    held-out samples (None: the policy's own); `RetentionConfig.allocation` overrides it.
     """
 
     model_family: str
@@ -46,6 +49,7 @@ class GatesConfig:
     tied: bool
     width: int = 512
     budget: int | None = None
+    allocation: str | None = None
 
     @classmethod
     def for_model(cls, config, *, tied: bool, width: int = 512) -> GatesConfig:
@@ -149,7 +153,13 @@ class RetentionGates(nn.Module):
         record = json.loads(config_path.read_text())
         if record.pop("format", None) != FORMAT:
             raise GatesMismatchError(f"{config_path} does not describe mmretain retention gates")
-        gates = cls(GatesConfig(**record))
+        config = GatesConfig(**record)
+        if config.allocation not in (None, *ALLOCATIONS):
+            raise GatesMismatchError(
+                f"{config_path} names allocation {config.allocation!r}; use one of "
+                f"{', '.join(ALLOCATIONS)} or leave it out"
+            )
+        gates = cls(config)
         if model is not None:
             gates.check_fits(model, source=f"the retention gates in {directory}")
         tensors = load_file(directory / WEIGHTS_FILE)

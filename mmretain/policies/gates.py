@@ -46,6 +46,9 @@ class GatedRetention(RetentionPolicy):
                 "with allocation='uniform', or train tied gates with `mmretain train-gates --tied`"
             )
         self._gates = gates.to(next(model.parameters()).device).eval()
+        if gates.config.allocation is not None:
+            # Chosen for these gates on held-out samples; a config's own allocation still wins.
+            self.preferred_allocation = gates.config.allocation
 
     def _shipped_gates(self, model: nn.Module) -> Path:
         home = getattr(model.config, "_name_or_path", "") or ""
