@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 
-from child import run_json
+from child import header, run_json, table_head
 
 GIB = 1024**3
 MODEL = {
@@ -117,19 +116,9 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         return
 
-    import torch
-    import transformers
-
-    command = " ".join(["python", "benchmarks/gates_memory.py", *sys.argv[1:]])
-    print(
-        f"Command: `{command}` | date: {time.strftime('%Y-%m-%d %H:%M %Z')} | "
-        f"torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"Python {platform.python_version()} | machine: {os.cpu_count()} CPU cores "
-        f"({platform.machine()}), address space capped at {args.cap_gib:g} GiB per row"
-    )
+    print(header("gates_memory.py", f"address space capped at {args.cap_gib:g} GiB per row"))
     print()
-    print("| " + " | ".join(COLUMNS) + " |")
-    print("|" + "|".join("---" if i < 4 else "---:" for i in range(len(COLUMNS))) + "|")
+    print(table_head(COLUMNS, 4))
     loads = []
     for spec in args.rows.split(","):
         length, attention, layers, *flags = spec.split(":")

@@ -36,13 +36,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 
-from child import run_json
+from child import header, run_json, table_head
 
 from mmretain.compat import cache_kwargs
 
@@ -207,16 +206,9 @@ def plan(args: argparse.Namespace) -> list[tuple[int, str, str]]:
 def sweep(args: argparse.Namespace) -> None:
     """Run every planned row in its own child process and print the table."""
     import torch
-    import transformers
 
     rows = plan(args)
-    command = " ".join(["python", "benchmarks/kv_memory.py", *sys.argv[1:]])
-    print(
-        f"Command: `{command}` | date: {time.strftime('%Y-%m-%d %H:%M %Z')} | "
-        f"torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"Python {platform.python_version()} | machine: {os.cpu_count()} CPU cores "
-        f"({platform.machine()}), {torch.get_num_threads()} torch threads"
-    )
+    print(header("kv_memory.py", f"{torch.get_num_threads()} torch threads"))
     print()
     print(
         f"Model: random-weight LlamaForCausalLM, float32, {MODEL['num_hidden_layers']} layers, "
@@ -227,8 +219,7 @@ def sweep(args: argparse.Namespace) -> None:
         f"{args.compare_tokens} more alternating with the stock model's, batch 1."
     )
     print()
-    print("| " + " | ".join(COLUMNS) + " |")
-    print("|" + "|".join("---" if i < 3 else "---:" for i in range(len(COLUMNS))) + "|")
+    print(table_head(COLUMNS, 3))
     sys.stdout.flush()
     began = time.perf_counter()
     loads = []
