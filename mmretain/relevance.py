@@ -257,7 +257,6 @@ class RelevancePrior(RetentionPolicy):
         self.accumulates = base.accumulates
         self.evicts = base.evicts
         self.uses_vision_saliency = base.uses_vision_saliency
-        self.preferred_allocation = base.preferred_allocation
         self.comparable = base.comparable or self.weight > 0
         self.frames = torch.zeros(0)
         self.by_position = torch.zeros(0)
@@ -265,9 +264,13 @@ class RelevancePrior(RetentionPolicy):
     def __repr__(self) -> str:
         return f"RelevancePrior({self.base!r}, weight={self.weight})"
 
+    @property
+    def preferred_allocation(self) -> str:
+        # Read through: bound gates may name their own allocation.
+        return self.base.preferred_allocation
+
     def bind(self, model) -> None:
         self.base.bind(model)
-        self.preferred_allocation = self.base.preferred_allocation  # the gates may name one
 
     def init_state(self, layer: int, hidden: torch.Tensor | None, keys: torch.Tensor):
         return self.base.init_state(layer, hidden, keys)
