@@ -122,7 +122,6 @@ class RetentionLayer(DynamicLayer):
         # Per head: [keys, values, positions, state, modality], each [b, capacity, ...].
         self.storage: list[list[torch.Tensor]] = []
         self.lengths: list[int] = []  # filled slots per head, the same for every batch row
-        self.new_tokens = 0  # length of the latest update, so the attention function finds them
         # nbytes(), kept up to date at every update and eviction (the owner sums the layers'
         # changes, so its peak costs nothing per update); bytes of one entry, set at the first.
         self.held_bytes = 0
@@ -211,7 +210,6 @@ class RetentionLayer(DynamicLayer):
                 ]
             self.lengths[h] = n + q
         self.seen += q
-        self.new_tokens = q
         self.has_empty |= not incoming.all_valid
         self._hold(self.held_bytes + b * grown * self.entry_bytes)
         return key_states, value_states
@@ -289,7 +287,6 @@ class RetentionLayer(DynamicLayer):
 
     def reset(self) -> None:
         self.seen = 0
-        self.new_tokens = 0
         self.window = self.window_positions = None
         self.scaling = 1.0
         self.storage, self.lengths = [], []
