@@ -283,11 +283,13 @@ def main() -> None:
         help='length:policy pairs to leave out, comma list ("" runs everything)',
     )
     parser.add_argument("--chunk-tokens", type=int, default=2048, help="prefill chunk size")
-    parser.add_argument("--decode-tokens", type=int, default=32, help="greedy decode steps")
+    # A decoding eviction comes once per buffer's worth of tokens (128 by default at the larger
+    # budgets): both decode columns span at least one, so they include its cost.
+    parser.add_argument("--decode-tokens", type=int, default=160, help="greedy decode steps")
     parser.add_argument(
         "--compare-tokens",
         type=int,
-        default=64,
+        default=192,
         help="further decode steps, each followed by a stock model's step, for 'decode vs stock'",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the prompt")

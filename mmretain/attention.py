@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from .cache import EMPTY, RetentionCache
+from .cache import EMPTY, RetentionCache, RetentionLayer
 from .errors import RetentionStateError
 
 ATTENTION_NAME = "mmretain"
@@ -55,109 +55,104 @@ def retention_attention(
             "call the whole model (or its language model) with cache=run.new_cache() or none"
         )
     layer = cache.layers[module.layer_idx]
-    _, n_query_heads, q, _ = query.shape
-    n_kv = len(layer.storage)
-    group = n_query_heads // n_kv
-    query_positions = torch.arange(layer.seen - q, layer.seen, device=query.device)
     run.on_new_entries(layer, module.layer_idx, kwargs.get(HIDDEN_KWARG), key)
+    q = query.shape[2]
+    observed = False
     if layer.seen == q and not layer.has_empty:
         # The cache held nothing before this call and no token is padding: every head holds
         # exactly the new keys in order, so the fused causal kernel is exact.
         out = F.scaled_dot_product_attention(
             query, key, value, is_causal=q > 1, dropout_p=dropout, scale=scaling, enable_gqa=True
         )
-        observed = False
-    else:
+    elif q == 1:
         # A decoded token of a policy that accumulates attention: its probabilities are
         # computed once, for the output and for the policy, instead of SDPA and a recomputation.
-        observed = run.policy.accumulates and q == 1 and dropout == 0.0
-        heads = zip(
-            layer.keys_by_head, layer.values_by_head, layer.positions, layer.state, strict=True
-        )
-        outs = []
-        for h, (keys, values, positions, state) in enumerate(heads):
-            group_query = query[:, h * group : (h + 1) * group]
-            if observed:
-                head_out, probs = _decode_with_probs(
-                    keys, values, positions if layer.has_empty else None, group_query, scaling
+        observed = run.policy.accumulates and dropout == 0.0
+        out = _decode(layer, module.layer_idx, query, dropout, scaling, run if observed else None)
+    else:
+        out = _attend_chunk(layer, query, dropout, scaling)
+    run.on_attention(layer, module.layer_idx, query, scaling, observed)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _decode(
+    layer: RetentionLayer,
+    layer_idx: int,
+    query: torch.Tensor,
+    dropout: float,
+    scaling: float | None,
+    observer=None,
+) -> torch.Tensor:
+    """A decoded token [b, H, 1, d] over every head's entries, all of which precede it: only
+    empty slots need a mask. Each KV head's query group goes in as one head's g queries, so
+    SDPA takes no GQA path; ``observer`` (the run) is given the probabilities when set."""
+    b, n_query_heads, _, d = query.shape
+    n_kv = len(layer.storage)
+    grouped = query.reshape(b, n_kv, 1, n_query_heads // n_kv, d)
+    outs = []
+    for h, (head, n) in enumerate(zip(layer.storage, layer.lengths, strict=True)):
+        keys, values = head[0][:, None, :n], head[1][:, None, :n]
+        mask = (head[2][:, None, None, :n] != EMPTY) if layer.has_empty else None
+        if observer is None:
+            outs.append(
+                F.scaled_dot_product_attention(
+                    grouped[:, h], keys, values, attn_mask=mask, dropout_p=dropout, scale=scaling
                 )
-                run.policy.observe(module.layer_idx, h, probs, state)
-            else:
-                head_out = _attend_head(
+            )
+            continue
+        head_out, probs = _decode_with_probs(keys, values, mask, grouped[:, h], scaling)
+        observer.policy.observe(layer_idx, h, probs.transpose(1, 2), head[3][:, :n])
+        outs.append(head_out)
+    return torch.cat(outs, dim=1).view(b, n_query_heads, 1, -1)
+
+
+def _attend_chunk(
+    layer: RetentionLayer, query: torch.Tensor, dropout: float, scaling: float | None
+) -> torch.Tensor:
+    """Queries [b, H, q, d] of a chunk over every head's entries (the chunk's own included),
+    causal by each entry's original position, in blocks of ``QUERY_BLOCK`` query rows."""
+    q = query.shape[2]
+    group = query.shape[1] // len(layer.storage)
+    query_positions = torch.arange(layer.seen - q, layer.seen, device=query.device)
+    heads = zip(layer.keys_by_head, layer.values_by_head, layer.positions, strict=True)
+    outs = []
+    for h, (keys, values, positions) in enumerate(heads):
+        keys, values = keys[:, None], values[:, None]
+        blocks = []
+        for start in range(0, q, QUERY_BLOCK):
+            rows = slice(start, min(q, start + QUERY_BLOCK))
+            mask = causal_allowed(positions, query_positions[rows])[:, None]
+            blocks.append(
+                F.scaled_dot_product_attention(
+                    query[:, h * group : (h + 1) * group, rows],
                     keys,
                     values,
-                    positions if layer.has_empty or q > 1 else None,
-                    group_query,
-                    query_positions,
-                    dropout,
-                    scaling,
+                    attn_mask=mask,
+                    dropout_p=dropout,
+                    scale=scaling,
+                    enable_gqa=True,
                 )
-            outs.append(head_out)
-        out = torch.cat(outs, dim=1)
-    run.on_attention(layer, module.layer_idx, query, query_positions, scaling, observed)
-    return out.transpose(1, 2).contiguous(), None
+            )
+        outs.append(torch.cat(blocks, dim=2))
+    return torch.cat(outs, dim=1)
 
 
 def _decode_with_probs(
     keys: torch.Tensor,
     values: torch.Tensor,
-    positions: torch.Tensor | None,
+    mask: torch.Tensor | None,
     query: torch.Tensor,
     scaling: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One KV head's query group [b, g, 1, d] of a decoded token over the head's entries: the
-    output [b, g, 1, dv] and the float32 attention probabilities [b, g, 1, L]."""
+    """One KV head's query group [b, 1, g, d] of a decoded token over the head's entries
+    (keys/values [b, 1, L, d], ``mask`` [b, 1, 1, L] of filled slots or None): the output
+    [b, 1, g, dv] and the float32 attention probabilities [b, 1, g, L]."""
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    logits = torch.einsum("bgqd,bld->bgql", query.float(), keys.float()) * scale
-    if positions is not None:  # every entry precedes the token: only empty slots are masked
-        logits = logits.masked_fill((positions == EMPTY)[:, None, None, :], float("-inf"))
+    logits = torch.matmul(query.float(), keys.float().transpose(-1, -2)) * scale
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    return torch.matmul(probs.to(values.dtype), values[:, None]), probs
-
-
-def _attend_head(
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    positions: torch.Tensor | None,
-    query: torch.Tensor,
-    query_positions: torch.Tensor,
-    dropout: float,
-    scaling: float | None,
-) -> torch.Tensor:
-    """One KV head's query group [b, g, q, d] over the head's entries (keys/values [b, L, d],
-    their positions [b, L]; None when a decoded token may see them all)."""
-    keys, values = keys[:, None], values[:, None]
-    q = query.shape[2]
-    if q == 1:
-        # Every stored entry precedes a decoded token: only empty slots need masking, the same
-        # for the whole query group, whose heads then go in as one head's queries (no GQA path).
-        mask = None if positions is None else (positions != EMPTY)[:, None, None, :]
-        b, g, _, d = query.shape
-        out = F.scaled_dot_product_attention(
-            query.reshape(b, 1, g, d),
-            keys,
-            values,
-            attn_mask=mask,
-            dropout_p=dropout,
-            scale=scaling,
-        )
-        return out.reshape(b, g, 1, -1)
-    blocks = []
-    for start in range(0, q, QUERY_BLOCK):
-        rows = slice(start, min(q, start + QUERY_BLOCK))
-        mask = causal_allowed(positions, query_positions[rows])[:, None]
-        blocks.append(
-            F.scaled_dot_product_attention(
-                query[:, :, rows],
-                keys,
-                values,
-                attn_mask=mask,
-                dropout_p=dropout,
-                scale=scaling,
-                enable_gqa=True,
-            )
-        )
-    return torch.cat(blocks, dim=2)
+    return torch.matmul(probs.to(values.dtype), values), probs
 
 
 AttentionInterface.register(ATTENTION_NAME, retention_attention)

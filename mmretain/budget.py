@@ -197,6 +197,23 @@ def _rank_normalize(
     return normalized
 
 
+def _best(scores: torch.Tensor, candidate: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` best-scoring candidates, equal scores going to the earlier entry: the set that
+    a stable best-first sort admits, found by selecting the worst ones to drop. An eviction
+    while decoding drops a few entries from a large cache, so this costs far less than a sort."""
+    n_candidates = int(candidate.sum())
+    if k >= n_candidates:
+        return candidate
+    if k <= 0:
+        return torch.zeros_like(candidate)
+    # The k-th best candidate score is the (n - k + 1)-th worst; others never rank below it.
+    worst_first = scores.masked_fill(~candidate, math.inf)
+    threshold = torch.topk(worst_first, n_candidates - k + 1, largest=False).values[-1]
+    above = candidate & (scores > threshold)
+    tied = candidate & (scores == threshold)
+    return above | (tied & (torch.cumsum(tied, 0) <= k - int(above.sum())))
+
+
 def _group_order(by_score: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     """Indices sorted by (group, -score, index), given the indices sorted by (-score, index)."""
     return by_score[torch.sort(group[by_score], stable=True).indices]
@@ -353,6 +370,9 @@ def allocate(
     ranked = scores
     if rank_normalize:
         ranked = _rank_normalize(scores, head_group, n_layers * n_heads, empty)
+    if n_groups == 1 and not caps:
+        left = int(shares[0] - n_protected[0])
+        return kept_protected | _best(ranked, present & ~kept_protected, left)
 
     by_score = torch.sort(ranked, descending=True, stable=True).indices
     order = _group_order(by_score, group)

@@ -194,24 +194,25 @@ class RetentionLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         b, _, q, _ = key_states.shape
         incoming = self.owner.incoming_for(b, q, self.seen)
-        positions, state, modality = incoming.entries_on(self.seen, key_states.device)
+        metadata = incoming.entries_on(self.seen, key_states.device)
         grown = 0
-        for h, head in enumerate(self.storage):
-            new = (key_states[:, h], value_states[:, h], positions, state, modality)
+        heads = zip(self.storage, key_states.unbind(1), value_states.unbind(1), strict=True)
+        for h, (head, keys, values) in enumerate(heads):
             n = self.lengths[h]
-            if head[0].shape[1] - n >= q:
-                for stored, values in zip(head, new, strict=True):
-                    stored[:, n : n + q] = values
+            if head[0].shape[1] - n >= q:  # free room: written in place
+                for stored, new in zip(head, (keys, values, *metadata), strict=True):
+                    stored[:, n : n + q] = new
             else:
                 grown += n + q - head[0].shape[1]
                 head[:] = [
-                    torch.cat([stored[:, :n], values], dim=1)
-                    for stored, values in zip(head, new, strict=True)
+                    torch.cat([stored[:, :n], new], dim=1)
+                    for stored, new in zip(head, (keys, values, *metadata), strict=True)
                 ]
             self.lengths[h] = n + q
         self.seen += q
         self.has_empty |= not incoming.all_valid
-        self._hold(self.held_bytes + b * grown * self.entry_bytes)
+        if grown:
+            self._hold(self.held_bytes + b * grown * self.entry_bytes)
         return key_states, value_states
 
     def _hold(self, nbytes: int) -> None:
@@ -351,13 +352,15 @@ class RetentionCache(Cache):
         """Tags of the next forward's tokens, for calls that bring embeddings, not ids."""
         self.pending_tags = tags
 
-    def take_tags(self, b: int, n: int) -> TokenTags:
-        """The tags announced for a forward of ``n`` tokens per row; text (or generated) else."""
+    def take_modality(self, b: int, n: int) -> torch.Tensor:
+        """Modality codes int8 [b, n] of a forward of ``n`` tokens per row: the announced tags'
+        when they fit, text (or generated, once the cache is not empty) else."""
         tags, self.pending_tags = self.pending_tags, None
         if tags is not None and tuple(tags.shape) == (b, n):
-            return tags
+            return tags.modality
         generated = self.get_seq_length() and n == 1
-        return TokenTags.text(b, n, Modality.GENERATED if generated else Modality.TEXT)
+        code = Modality.GENERATED if generated else Modality.TEXT
+        return torch.full((b, n), int(code), dtype=_MODALITY_DTYPE)
 
     def start_turn(self, start: int, end: int) -> None:
         """Tokens [start, end) are the latest question: with ``protect_turn`` its text is kept
@@ -369,9 +372,10 @@ class RetentionCache(Cache):
         self, modality: torch.Tensor, valid: torch.Tensor, prior: torch.Tensor | None = None
     ) -> None:
         valid = valid.to(torch.bool)
-        self.incoming = Incoming(modality.to(_MODALITY_DTYPE), valid, prior, bool(valid.all()))
-        counts = torch.bincount(modality[valid].long().flatten().cpu(), minlength=len(Modality))
-        self._seen_by_modality += counts[: len(Modality)]
+        all_valid = bool(valid.all())
+        self.incoming = Incoming(modality.to(_MODALITY_DTYPE), valid, prior, all_valid)
+        codes = (modality if all_valid else modality[valid]).flatten().long().cpu()
+        self._seen_by_modality += torch.bincount(codes, minlength=len(Modality))[: len(Modality)]
 
     def incoming_for(self, b: int, q: int, seen: int) -> Incoming:
         """What the engine announced for this forward's ``b`` × ``q`` tokens; without that,

@@ -59,8 +59,9 @@ class RetentionConfig:
         chunk_tokens: prefill at most this many tokens per forward, evicting after each, so
             the cache peaks at budget + chunk instead of the whole prompt.
         buffer: tokens of slack during decoding: when the cache passes the budget, eviction
-            brings it that far below (at most an eighth of the budget), so it evicts every few
-            steps and never holds more than the budget.
+            brings it that far below (at most a sixteenth of the budget), so it evicts once
+            every ``buffer`` steps and never holds more than the budget. An eviction ranks the whole
+            cache, so a larger buffer decodes faster and keeps a little less just after one.
         modality_caps: optional cap per modality name ("image", "video", ...) as a fraction of
             the budget.
         policy_kwargs: options for a policy given by name.
@@ -77,7 +78,7 @@ class RetentionConfig:
     recent: int = 0
     protect_turn: bool = True
     chunk_tokens: int | None = None
-    buffer: int = 16
+    buffer: int = 128
     modality_caps: dict[str, float] | None = None
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
     relevance: Relevance | None = None

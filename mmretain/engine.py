@@ -36,12 +36,16 @@ from .cache import EMPTY, RetentionCache, RetentionLayer, RetentionStats
 from .config import RetentionConfig
 from .errors import BudgetWarning, RetentionStateError
 from .policies.base import LayerView, attention_probs
-from .tags import Modality, TokenTags
+from .tags import Modality
 from .vision_saliency import VISION_ATTENTION_NAME
 
 # Models a run is installed on: a second run on the same model would stack hooks.
 _ACTIVE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _MISSING = object()
+# Decoding evicts below the budget by the buffer, at most this part of the budget: an eviction
+# ranks the whole cache, so the room between two grows with the cache, while the free room it
+# leaves (memory inside the budget) stays a small share of it.
+ROOM_SHARE = 16
 
 
 class RetentionRun:
@@ -218,17 +222,17 @@ class RetentionRun:
         b, n = tokens.shape[:2]
         seen = cache.get_seq_length()
         cache.expect(seen + n)
-        tags = cache.take_tags(b, n)
+        modality = cache.take_modality(b, n)
         valid = self._valid(kwargs.get("attention_mask"), b, n)
         if seen == 0:
             cache.row_start = valid.to(torch.int8).argmax(dim=1).cpu()
-        prior = self._vision_prior(tags)
+        prior = self._vision_prior(modality)
         step = self.config.chunk_tokens or n
         chunks = []
         for start in range(0, n, step):
             end = min(n, start + step)
             incoming = (
-                tags.modality[:, start:end],
+                modality[:, start:end],
                 valid[:, start:end],
                 None if prior is None else prior[:, start:end],
             )
@@ -265,19 +269,19 @@ class RetentionRun:
             cache.pending_chunks = []
             cache.hooked = False
 
-    def _vision_prior(self, tags: TokenTags) -> torch.Tensor | None:
+    def _vision_prior(self, modality: torch.Tensor) -> torch.Tensor | None:
         """Vision-encoder saliency laid on the prompt's visual positions (images, then videos,
         the order in which the encoder ran)."""
         if self._vision_tap is None:
             return None
         saliency = self._vision_tap.take()
-        prior = torch.zeros(tags.shape)
-        visual = (tags.modality == int(Modality.IMAGE)) | (tags.modality == int(Modality.VIDEO))
+        prior = torch.zeros(modality.shape)
+        visual = (modality == int(Modality.IMAGE)) | (modality == int(Modality.VIDEO))
         if not bool(visual.any()):
             return prior
         order = torch.cat(
             [
-                (tags.modality == int(m)).flatten().nonzero().squeeze(1)
+                (modality == int(m)).flatten().nonzero().squeeze(1)
                 for m in (Modality.IMAGE, Modality.VIDEO)
             ]
         )
@@ -311,26 +315,30 @@ class RetentionRun:
         layer: RetentionLayer,
         layer_idx: int,
         query: torch.Tensor,
-        query_positions: torch.Tensor,
         scaling: float,
         observed: bool = False,
     ) -> None:
-        """After a layer's attention: keep its latest queries for a window policy and, unless
-        the attention function handed them over already (``observed``), give an accumulating
-        policy the queries' attention probabilities."""
+        """After a layer's attention over its ``query`` rows (the latest tokens): keep them for a
+        window policy and, unless the attention function handed them over already
+        (``observed``), give an accumulating policy the queries' attention probabilities."""
         layer.scaling = scaling
+        needs_probs = self.policy.accumulates and not observed
+        if not self.policy.window and not needs_probs:
+            return
+        q = query.shape[2]
+        query_positions = torch.arange(layer.seen - q, layer.seen, device=query.device)
         if self.policy.window:
             window, positions = layer.window, layer.window_positions
-            if window is None or layer.seen == query.shape[2]:
+            if window is None or layer.seen == q:
                 window, positions = query[:, :, :0], query_positions[:0]
             window = torch.cat([window, query.detach()], dim=2)[:, :, -self.policy.window :]
             positions = torch.cat([positions, query_positions])[-self.policy.window :]
             layer.window, layer.window_positions = window, positions
-        if self.policy.accumulates and not observed:
+        if needs_probs:
             group = query.shape[1] // len(layer.storage)
             heads = zip(layer.keys_by_head, layer.positions, layer.state, strict=True)
             for h, (keys, positions, state) in enumerate(heads):
-                for start in range(0, query.shape[2], 256):
+                for start in range(0, q, 256):
                     rows = slice(start, start + 256)
                     probs = attention_probs(
                         query[:, h * group : (h + 1) * group, rows].float(),
@@ -360,7 +368,7 @@ class RetentionRun:
         """Evict when the cache holds more than the budget.
 
         After a prefill (or a chunk of one) the cache is brought to the budget. While decoding
-        it is brought below it, by the buffer (at most an eighth of the budget), so that it
+        it is brought below it, by the buffer (at most a sixteenth of the budget), so that it
         fills up again for a few steps before the next eviction: the cache never holds more
         than the budget once a step is done.
         """
@@ -380,7 +388,7 @@ class RetentionRun:
             # written in place: the cache then holds the budget, filled or not, and the decoding
             # steps until the next eviction copy nothing.
             slots = self.n_layers * self.n_heads
-            room = min(self.config.buffer, capacity // 8 // slots)
+            room = min(self.config.buffer, capacity // ROOM_SHARE // slots)
             self.evict(cache, capacity - room * slots, room)
 
     def evict(self, cache: RetentionCache, capacity: int, room: int = 0) -> None:

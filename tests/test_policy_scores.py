@@ -49,6 +49,25 @@ def test_snapkv_pools_only_the_entries_before_the_window_as_its_reference_code()
         torch.testing.assert_close(scores[h][:, length - window :], own)
 
 
+def test_snapkv_scores_a_head_that_global_allocation_emptied():
+    """Global allocation may leave a head with no entries; scoring it again gives no scores
+    (avg-pooling an empty sequence raises)."""
+    d, window = 8, 4
+    view = LayerView(
+        layer=0,
+        keys=[torch.randn(1, 6, d), torch.randn(1, 0, d)],
+        positions=[torch.arange(6)[None], torch.zeros(1, 0, dtype=torch.long)],
+        state=[torch.zeros(1, 6), torch.zeros(1, 0)],
+        modality=[torch.zeros(1, 6, dtype=torch.int8), torch.zeros(1, 0, dtype=torch.int8)],
+        window=torch.randn(1, 2, window, d),
+        window_positions=torch.arange(6, 6 + window),
+        scaling=d**-0.5,
+        tokens_seen=6 + window,
+    )
+    scores = SnapKV(window=window, kernel=3).score(view)
+    assert [tuple(s.shape) for s in scores] == [(1, 6), (1, 0)]
+
+
 def test_h2o_accumulates_the_attention_every_query_paid_each_entry():
     """H2O's state: the attention each entry received, summed over every query so far (the
     prompt's and each decoded token's) and over its KV head's query group; here against the

@@ -38,7 +38,7 @@ class SnapKV(RetentionPolicy):
         scores = []
         for h in range(view.n_kv_heads):
             votes = _group_mean_window(view, h).mean(dim=1)  # [b, L]
-            if self.kernel > 1:
+            if self.kernel > 1 and votes.shape[1]:
                 # As SnapKV's reference code does: pool only the entries before the window,
                 # zero-padded at both ends (the window's own entries keep their votes).
                 before = view.positions[h] < view.window_positions[0]
