@@ -335,7 +335,7 @@ class RetentionCache(Cache):
         self.evictions = 0
         # Length the prompt being prefilled will reach, known before its first chunk goes in.
         self.prompt_tokens = 0
-        self._seen_by_modality = torch.zeros(len(Modality), dtype=torch.long)
+        self._seen_by_modality = [0] * len(Modality)
         # Per-sequence state the engine keeps here, so that a copy of the cache is a branch.
         self.turn = (0, 0)  # [start, end) of the latest prompt: its text is protected
         self.prompts = 0  # prompts (turns) prefilled so far
@@ -374,8 +374,13 @@ class RetentionCache(Cache):
         valid = valid.to(torch.bool)
         all_valid = bool(valid.all())
         self.incoming = Incoming(modality.to(_MODALITY_DTYPE), valid, prior, all_valid)
+        if modality.numel() == 1:  # a decoded token: one code, no histogram to build
+            self._seen_by_modality[int(modality)] += all_valid
+            return
         codes = (modality if all_valid else modality[valid]).flatten().long().cpu()
-        self._seen_by_modality += torch.bincount(codes, minlength=len(Modality))[: len(Modality)]
+        counts = torch.bincount(codes, minlength=len(Modality))[: len(Modality)].tolist()
+        seen = zip(self._seen_by_modality, counts, strict=True)
+        self._seen_by_modality = [before + new for before, new in seen]
 
     def incoming_for(self, b: int, q: int, seen: int) -> Incoming:
         """What the engine announced for this forward's ``b`` × ``q`` tokens; without that,
@@ -441,7 +446,7 @@ class RetentionCache(Cache):
             kept_by_modality={m.label: int(by_modality[m]) for m in Modality},
             kept_by_layer=[sum(heads) for heads in kept_by_head],
             kept_by_head=kept_by_head,
-            seen_by_modality={m.label: int(self._seen_by_modality[m]) for m in Modality},
+            seen_by_modality={m.label: self._seen_by_modality[m] for m in Modality},
             evictions=self.evictions,
         )
 
@@ -464,7 +469,7 @@ class RetentionCache(Cache):
         self.peak_bytes = 0
         self.evictions = 0
         self.prompt_tokens = 0
-        self._seen_by_modality.zero_()
+        self._seen_by_modality = [0] * len(Modality)
         self.turn, self.prompts = (0, 0), 0
         self.row_start = torch.zeros(1, dtype=torch.long)
         self.pending_tags = None
