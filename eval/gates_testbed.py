@@ -41,7 +41,25 @@ NOTES = {
         "so far, so it grows turn by turn while what turn 1 left behind does not come back:",
         "every policy stays far below the full cache up to 25%.",
         "",
-    ]
+    ],
+    "video-needle-distractors": [
+        "The video needle with one frame in eight flashing a dim coloured shape (the needle's",
+        "palette at 55% of its intensity), which looks to a heuristic as unusual as the needle",
+        "does; neither model nor gates were trained on it. Chosen among other haystacks (dim or",
+        "brighter grey shapes, more shapes, a noisy background, fewer, more or other flashes) on",
+        "held-out samples 200-259 at 128 frames, not the table's. There it scored: full 96.7;",
+        "`global` 100/100 at 5%/10%; the best heuristic, TOVA, 76.7/75.0; K-norm 41.7/60.0,",
+        "against 73.3/75.0 on the plain needle (whose first 30 samples give K-norm 100/100).",
+        "At 256 frames (samples 200-229): full 96.7; `global` 96.7/93.3; SnapKV 66.7/70.0.",
+        "",
+    ],
+}
+# Suites a model's table leaves out, and why.
+LEFT_OUT = {
+    "testbed": {
+        "video-needle-distractors": "its full cache answers 50.0% on held-out samples 200-229 "
+        "at 128 frames, too low for accuracy relative to it to mean much",
+    }
 }
 # The protections a user gets (the question's text; no sinks or recent window). Prompts are
 # prefilled 32 tokens at a time with eviction after each, so an image or an earlier turn is
@@ -157,7 +175,8 @@ def main() -> None:
     report = HERE / f"gates_{args.model.replace('-', '_')}.md"
 
     model_path(settings.model)  # fails now, with the fix, if the checkpoint is missing
-    tasks = select_tasks("testbed")
+    left_out = LEFT_OUT.get(args.model, {})
+    tasks = [t for t in select_tasks("testbed") if t.generator not in left_out]
     grid = cells(POLICIES + GATED, BUDGETS, settings)
     evaluate(out, tasks, grid, settings, limit=args.limit, pictures=1)
     train_budget = training_prompt_tokens(out)
@@ -193,10 +212,12 @@ def main() -> None:
         + ".",
         "",
         *allocation_note(home),
+        *[f"Left out: `{suite}`, since {why}." for suite, why in left_out.items()],
+        *([""] if left_out else []),
         *goals(results, train_budget),
         "",
     ]
-    for suite in SUITES:
+    for suite in (s for s in SUITES if s not in left_out):
         lines += [f"## {suite}", "", *NOTES.get(suite, []), *table(results, suite)]
     report.write_text("\n".join(lines) + "\n")
     print(f"wrote {report}")

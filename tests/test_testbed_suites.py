@@ -7,6 +7,7 @@ import pytest
 
 from mmretain.errors import SuiteArgumentError
 from mmretain.testbed import SUITES, make_sample
+from mmretain.testbed.suites.video_distractors import EVERY
 from mmretain.testbed.tokenizer import UNK, build_tokenizer
 
 
@@ -68,3 +69,21 @@ def test_bad_requests_raise_typed_errors():
         make_sample("video-needle", 0, question="position")
     with pytest.raises(SuiteArgumentError, match=r"\[0, 1\]"):
         make_sample("video-needle", 0, depth=2.0)
+
+
+def test_video_needle_among_distractors_is_the_only_bright_shape():
+    sample = make_sample("video-needle-distractors", 3, length=64, depth=0.5, question="colour")
+    (video,) = sample.videos
+    needle = 32  # depth 0.5 of 64 frames, rounded
+    distractors = sample.metadata["distractors"]
+    assert len(distractors) == 64 // EVERY and needle not in distractors
+    chroma = video.max(axis=-1).astype(int) - video.min(axis=-1)  # grey shapes have none
+    coloured = [t for t in range(64) if chroma[t].max() > 0]
+    assert coloured == sorted([*distractors, needle])  # every distractor drawn, nothing else
+    # Brightness of each frame's coloured pixels: the needle's far above every distractor's.
+    brightest = [int(video[t][chroma[t] > 0].max()) if t in coloured else 0 for t in range(64)]
+    assert max(brightest[t] for t in distractors) < 0.85 * brightest[needle]
+    assert same(
+        make_sample("video-needle-distractors", 3, length=64, depth=0.5, question="colour"),
+        sample,
+    )

@@ -2,7 +2,8 @@
 
 One task per generator and length: the image needle at its canvas size, the dialogue, and the
 video suites at 1x, 4x and 8x the length the test-bed models were trained on (``video-needle@128``
-is 128 frames), needles spread evenly over the test-bed's depths. Samples come from the
+is 128 frames; the needle among distractors at 4x and 8x only), needles spread evenly over the
+test-bed's depths. Samples come from the
 held-out ("eval") seeds, so the models never trained on them; answers are one word, scored by
 exact match.
 """
@@ -111,10 +112,11 @@ class TestbedData:
 
 
 def testbed_tasks() -> dict[str, TestbedTask]:
-    """Every generator: video ones at each length factor of its training length."""
+    """Every generator: video ones at each of their length factors of the training length."""
     tasks = {}
     for name, spec in GENERATORS.items():
-        lengths = [spec.train_length * f for f in LENGTH_FACTORS] if spec.is_video else [None]
+        factors = spec.eval_factors or LENGTH_FACTORS
+        lengths = [spec.train_length * f for f in factors] if spec.is_video else [None]
         for length in lengths:
             key = f"{name}@{length}" if length else name
             tasks[key] = TestbedTask(key, name, length or spec.train_length)

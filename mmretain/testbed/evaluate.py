@@ -34,7 +34,7 @@ def evaluate_model(model, processor, count: int = 500, batch_size: int = 16) -> 
         (name, question, spec.train_length * factor if spec.is_video else spec.train_length)
         for name, spec in SUITES.items()
         for question in spec.questions
-        for factor in (LENGTH_FACTORS if spec.is_video else (1,))
+        for factor in ((spec.eval_factors or LENGTH_FACTORS) if spec.is_video else (1,))
     ]
     results = []
     for name, question, length in tqdm(plan, desc="evaluate", dynamic_ncols=True):

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ...errors import SuiteArgumentError
-from . import dialogue, image_needle, video_needle
+from . import dialogue, image_needle, video_distractors, video_needle
 from .base import Sample, sample_rng
 
 
@@ -14,7 +14,9 @@ from .base import Sample, sample_rng
 class Suite:
     """A family of samples: its question types, its generator and the length it trains at.
 
-    ``length`` means frames for the video suites and is fixed for the others.
+    ``length`` means frames for the video suites and is fixed for the others. ``eval_factors``
+    are the multiples of ``train_length`` a video suite is evaluated at (None: the test-bed's
+    `LENGTH_FACTORS`).
     """
 
     name: str
@@ -22,6 +24,7 @@ class Suite:
     generate: Callable[..., Sample]
     train_length: int
     is_video: bool = False
+    eval_factors: tuple[int, ...] | None = None
 
 
 SUITES: dict[str, Suite] = {
@@ -30,6 +33,15 @@ SUITES: dict[str, Suite] = {
         Suite("image-needle", image_needle.QUESTIONS, image_needle.generate, image_needle.CELLS),
         Suite(
             "video-needle", video_needle.QUESTIONS, video_needle.generate, video_needle.FRAMES, True
+        ),
+        # Evaluated at 128 and 256 frames only: the long videos it was made to separate policies on.
+        Suite(
+            "video-needle-distractors",
+            video_needle.QUESTIONS,
+            video_distractors.generate,
+            video_needle.FRAMES,
+            True,
+            eval_factors=(4, 8),
         ),
         Suite("dialogue", dialogue.QUESTIONS, dialogue.generate, 3),
     )
