@@ -239,7 +239,9 @@ class RetentionRun:
             chunks.append((_slice_inputs(kwargs, start, end, n), incoming))
         cache.pending_chunks = chunks[1:]
         cache.set_incoming(*chunks[0][1])
-        cache.decoding = n == 1
+        # Decoding is a generated token: a one-token prompt piece (the newline that closes a
+        # LLaVA-OneVision video, a one-token turn) is prefill, brought to the full budget.
+        cache.decoding = n == 1 and int(modality[0, 0]) == int(Modality.GENERATED)
         return args, chunks[0][0]
 
     def _decoder_hook(self, module, args, kwargs, output):

@@ -14,8 +14,10 @@ from transformers import GenerationConfig
 import mmretain
 from mmretain import Session
 from mmretain.api import load
+from mmretain.engine import ROOM_SHARE
 from mmretain.errors import BudgetWarning, GatesMismatchError
 from mmretain.gates import RetentionGates
+from mmretain.tags import Modality, TokenTags
 from mmretain.testbed import model_path
 
 GREEDY = GenerationConfig(max_new_tokens=4, do_sample=False)
@@ -48,6 +50,26 @@ def test_a_question_longer_than_the_budget_lifts_its_protection_with_a_warning(l
     assert len(reply.tokens) == 4
     assert session.cache.entries() <= 64 * slots(run)
     assert session.cache.turn == (200, 500)
+
+
+def test_a_one_token_prompt_piece_is_prefill_not_decoding(llama):
+    """Only a generated token leaves decoding's free room below the budget: a one-token piece
+    of a prompt (the newline that closes a LLaVA-OneVision video) is evicted to the budget."""
+    budget = 32
+    with torch.inference_mode(), mmretain.retain(llama.model, budget=budget) as run:
+        session = Session(run)
+        session.extend({"input_ids": torch.randint(3, 100, (1, 100))})
+        assert session.cache.entries() == budget * slots(run)
+        tail = llama.model.get_input_embeddings()(torch.tensor([[5]]))
+        session.extend_embeddings(
+            tail, torch.tensor([[[100]]]), TokenTags.text(1, 1, Modality.VIDEO)
+        )
+        assert session.cache.entries() == budget * slots(run)
+        # A generated token is decoding: the eviction leaves its room (2 tokens per slot here).
+        session.generate({"input_ids": torch.randint(3, 100, (1, 1))}, GREEDY)
+        room = min(run.config.buffer, budget // ROOM_SHARE)
+        assert room == 2
+        assert session.cache.entries() < budget * slots(run)
 
 
 def test_protections_are_lifted_recent_window_first(llama):
