@@ -84,26 +84,28 @@ def _decode(
     observer=None,
 ) -> torch.Tensor:
     """A decoded token [b, H, 1, d] over every head's entries, all of which precede it: only
-    empty slots need a mask. Each KV head's query group goes in as one head's g queries, so
-    SDPA takes no GQA path; ``observer`` (the run) is given the probabilities when set."""
-    b, n_query_heads, _, d = query.shape
-    n_kv = len(layer.storage)
-    grouped = query.reshape(b, n_kv, 1, n_query_heads // n_kv, d)
+    empty slots need a mask. ``observer`` (the run) is given the probabilities when set."""
+    b, n_query_heads = query.shape[:2]
+    group = n_query_heads // len(layer.storage)
     outs = []
     for h, (head, n) in enumerate(zip(layer.storage, layer.lengths, strict=True)):
         keys, values = head[0][:, None, :n], head[1][:, None, :n]
         mask = (head[2][:, None, None, :n] != EMPTY) if layer.has_empty else None
+        group_query = query[:, h * group : (h + 1) * group]
         if observer is None:
+            # The head's entries broadcast over its query group as a view (no GQA copy), so
+            # the kernel splits the group's heads across threads.
+            keys, values = keys.expand(b, group, n, -1), values.expand(b, group, n, -1)
             outs.append(
                 F.scaled_dot_product_attention(
-                    grouped[:, h], keys, values, attn_mask=mask, dropout_p=dropout, scale=scaling
+                    group_query, keys, values, attn_mask=mask, dropout_p=dropout, scale=scaling
                 )
             )
             continue
-        head_out, probs = _decode_with_probs(keys, values, mask, grouped[:, h], scaling)
-        observer.policy.observe(layer_idx, h, probs.transpose(1, 2), head[3][:, :n])
+        head_out, probs = _decode_with_probs(keys, values, mask, group_query, scaling)
+        observer.policy.observe(layer_idx, h, probs, head[3][:, :n])
         outs.append(head_out)
-    return torch.cat(outs, dim=1).view(b, n_query_heads, 1, -1)
+    return torch.cat(outs, dim=1)
 
 
 def _attend_chunk(
@@ -144,9 +146,9 @@ def _decode_with_probs(
     query: torch.Tensor,
     scaling: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One KV head's query group [b, 1, g, d] of a decoded token over the head's entries
+    """One KV head's query group [b, g, 1, d] of a decoded token over the head's entries
     (keys/values [b, 1, L, d], ``mask`` [b, 1, 1, L] of filled slots or None): the output
-    [b, 1, g, dv] and the float32 attention probabilities [b, 1, g, L]."""
+    [b, g, 1, dv] and the float32 attention probabilities [b, g, 1, L]."""
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     logits = torch.matmul(query.float(), keys.float().transpose(-1, -2)) * scale
     if mask is not None:
