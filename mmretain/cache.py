@@ -236,6 +236,21 @@ class RetentionLayer(DynamicLayer):
         """Bytes of every tensor the layer holds, free room included, counted from sizes."""
         return sum(t.numel() * t.element_size() for head in self.storage for t in head)
 
+    def allocated(self) -> int:
+        """Slots allocated per batch row, summed over heads: filled and free room alike."""
+        return sum(head[0].shape[1] for head in self.storage)
+
+    def full_heads(self) -> list[int]:
+        """Heads with no free room left: the next token would copy them to grow."""
+        heads = zip(self.storage, self.lengths, strict=True)
+        return [h for h, (head, n) in enumerate(heads) if head[0].shape[1] == n]
+
+    def reserve(self, heads: list[int], room: int) -> None:
+        """Give each of ``heads`` ``room`` free slots after its entries (one copy of each)."""
+        for h in heads:
+            self._select(h, lambda t: t, room)
+        self._hold(self.nbytes())
+
     def stored(self) -> int:
         """Slots filled per batch row, summed over heads (empty slots of a padded row
         included): an upper bound on any row's entries, read from sizes alone."""

@@ -380,6 +380,8 @@ class RetentionRun:
         layers = cache.initialized_layers
         # Sizes bound every row's entries: most steps need no count on the device (no sync).
         if sum(layer.stored() for layer in layers) <= capacity:
+            if decoding:
+                self._make_room(layers, capacity)
             return
         per_row = sum((p != EMPTY).sum(dim=1) for layer in layers for p in layer.positions)
         if int(per_row.max()) > capacity:
@@ -392,6 +394,22 @@ class RetentionRun:
             slots = self.n_layers * self.n_heads
             room = min(self.config.buffer, capacity // ROOM_SHARE // slots)
             self.evict(cache, capacity - room * slots, room)
+
+    def _make_room(self, layers: list[RetentionLayer], capacity: int) -> None:
+        """Decoding under the budget (a fraction budget grows with every token, a token budget
+        may exceed the sequence): a head whose buffer is full gets free room inside the budget,
+        so the next tokens are written in place instead of each copying the head to grow."""
+        full = [(layer, layer.full_heads()) for layer in layers]
+        count = sum(len(heads) for _, heads in full)
+        if not count:
+            return
+        free = capacity - sum(layer.allocated() for layer in layers)
+        slots = self.n_layers * self.n_heads
+        room = min(self.config.buffer, capacity // ROOM_SHARE // slots, free // count)
+        if room > 0:
+            for layer, heads in full:
+                if heads:
+                    layer.reserve(heads, room)
 
     def evict(self, cache: RetentionCache, capacity: int, room: int = 0) -> None:
         """Score every entry, allocate ``capacity`` entries per batch row, free what is not

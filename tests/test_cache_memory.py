@@ -144,3 +144,30 @@ def test_tokens_kept_counts_a_token_kept_in_every_slot_once():
     stats = RetentionStats(kept_by_head=[[3, 5], [2, 2]], kept_by_modality={"video": 8, "text": 4})
     assert stats.slots == 4
     assert stats.tokens_kept == {"video": 2.0, "text": 1.0}
+
+
+def test_decoding_under_the_budget_writes_into_free_room_inside_it(llama):
+    """Below the budget, a decoding step that fills a head's buffer gives it free room (inside
+    the budget) instead of copying every head at every step to grow by one token."""
+    budget, steps = 64, 30
+    buffers, held = set(), []
+    with mmretain.retain(llama.model, policy="tova", budget=budget, protect_turn=False) as run:
+
+        def watch(*args):
+            buffers.add(run.cache.layers[0].storage[0][0].data_ptr())
+            held.append(run.cache.layers[0].allocated())
+
+        hook = llama.model.register_forward_hook(watch)
+        try:
+            llama.model.generate(
+                llama.text(10)[None], min_new_tokens=steps, max_new_tokens=steps, do_sample=False
+            )
+        finally:
+            hook.remove()
+    # Room: a sixteenth of the budget, 4 tokens per head: a copy every 4 steps, not every step
+    # (plus the prefill's buffer and the first step's growth).
+    room = budget // ROOM_SHARE
+    assert len(buffers) <= steps // room + 2
+    assert run.stats.evictions == 0
+    assert max(held) <= budget * run.n_heads
+    assert run.stats.bytes_held <= budget * run.n_layers * run.n_heads * run.cache.bytes_per_entry()
