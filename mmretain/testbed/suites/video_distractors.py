@@ -14,9 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..draw import BACKGROUND, CELL, COLOURS, SHAPES, paint_in_cell
-from .base import Sample, ask, pick, text, user
-from .motion import FRAME, drifting_shapes
-from .video_needle import FRAMES, PROMPTS, flash, frame_at
+from . import video_needle
+from .base import Sample, pick
 
 EVERY = 8  # one distractor frame per this many frames
 DIM = 0.55  # a distractor's colour: this far from the background towards the palette colour
@@ -27,9 +26,9 @@ def dimmed(rgb: tuple[int, int, int], fraction: float = DIM) -> tuple[int, int, 
     return tuple(int(BACKGROUND + fraction * (v - BACKGROUND)) for v in rgb)
 
 
-def distract(rng: np.random.Generator, video: np.ndarray, needle: int) -> list[int]:
+def distract(rng: np.random.Generator, video: np.ndarray, needle: int) -> dict[str, list[int]]:
     """Flash a dim coloured shape in one random cell of one frame in ``EVERY``, never the
-    needle's; returns those frames' indices."""
+    needle's; returns those frames' indices as metadata."""
     others = [t for t in range(len(video)) if t != needle]
     count = min(len(others), max(1, len(video) // EVERY))
     chosen = sorted(int(t) for t in rng.choice(others, size=count, replace=False))
@@ -38,21 +37,12 @@ def distract(rng: np.random.Generator, video: np.ndarray, needle: int) -> list[i
         row, col = divmod(int(rng.integers(cells**2)), cells)
         shape, colour = pick(rng, SHAPES), pick(rng, list(COLOURS))
         paint_in_cell(video[t], shape, dimmed(COLOURS[colour]), row, col, clear=True)
-    return chosen
+    return {"distractors": chosen}
 
 
 def generate(
     rng: np.random.Generator, question: str, length: int | None = None, depth: float | None = None
 ) -> Sample:
-    """``length`` frames (default 32); the needle sits at ``depth`` (default: uniform)."""
-    frames = length or FRAMES
-    depth = float(rng.uniform()) if depth is None else depth
-    video = drifting_shapes(rng, frames, FRAME)
-    colour, shape = pick(rng, list(COLOURS)), pick(rng, SHAPES)
-    needle = frame_at(depth, frames)
-    distractors = distract(rng, video, needle)
-    flash(rng, video[needle], colour, shape)
-    prompt, answer, followups = ask(rng, PROMPTS, {"colour": colour, "shape": shape}, question)
-    content = [{"type": "video", "video": video}, text(prompt)]
-    metadata = {"length": frames, "depth": depth, "distractors": distractors}
-    return Sample([user(*content)], answer, metadata, followups)
+    """The video needle (``length`` frames, default 32, the needle at ``depth``) with
+    distractors."""
+    return video_needle.generate(rng, question, length, depth, distract=distract)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from ..draw import CELL, COLOURS, SHAPES, jittered, paint_in_cell
@@ -30,14 +33,25 @@ def flash(rng: np.random.Generator, frame: np.ndarray, colour: str, shape: str) 
 
 
 def generate(
-    rng: np.random.Generator, question: str, length: int | None = None, depth: float | None = None
+    rng: np.random.Generator,
+    question: str,
+    length: int | None = None,
+    depth: float | None = None,
+    distract: Callable[[np.random.Generator, np.ndarray, int], dict[str, Any]] | None = None,
 ) -> Sample:
-    """``length`` frames (default 32); the needle sits at ``depth`` (default: uniform)."""
+    """``length`` frames (default 32); the needle sits at ``depth`` (default: uniform).
+
+    ``distract(rng, video, needle_frame)``, when given, paints distractors into the haystack
+    before the needle goes in and returns what to add to the sample's metadata."""
     frames = length or FRAMES
     depth = float(rng.uniform()) if depth is None else depth
     video = drifting_shapes(rng, frames, FRAME)
     colour, shape = pick(rng, list(COLOURS)), pick(rng, SHAPES)
-    flash(rng, video[frame_at(depth, frames)], colour, shape)
+    needle = frame_at(depth, frames)
+    metadata = {"length": frames, "depth": depth}
+    if distract is not None:
+        metadata.update(distract(rng, video, needle))
+    flash(rng, video[needle], colour, shape)
     prompt, answer, followups = ask(rng, PROMPTS, {"colour": colour, "shape": shape}, question)
     content = [{"type": "video", "video": video}, text(prompt)]
-    return Sample([user(*content)], answer, {"length": frames, "depth": depth}, followups)
+    return Sample([user(*content)], answer, metadata, followups)
