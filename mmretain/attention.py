@@ -115,7 +115,7 @@ def _attend_chunk(
     causal by each entry's original position, in blocks of ``QUERY_BLOCK`` query rows."""
     q = query.shape[2]
     group = query.shape[1] // len(layer.storage)
-    query_positions = torch.arange(layer.seen - q, layer.seen, device=query.device)
+    query_positions = layer.latest_positions(q, query.device)
     heads = zip(layer.keys_by_head, layer.values_by_head, layer.positions, strict=True)
     outs = []
     for h, (keys, values, positions) in enumerate(heads):

@@ -220,6 +220,10 @@ class RetentionLayer(DynamicLayer):
         self.owner.note_bytes(nbytes - self.held_bytes)
         self.held_bytes = nbytes
 
+    def latest_positions(self, q: int, device: torch.device) -> torch.Tensor:
+        """Sequence positions [q] of the latest ``q`` tokens (a call's queries)."""
+        return torch.arange(self.seen - q, self.seen, device=device)
+
     # -- sizes ---------------------------------------------------------------------------------
     def get_seq_length(self) -> int:
         """Tokens seen, not entries stored: positions of later tokens must not shift."""

@@ -328,7 +328,7 @@ class RetentionRun:
         if not self.policy.window and not needs_probs:
             return
         q = query.shape[2]
-        query_positions = torch.arange(layer.seen - q, layer.seen, device=query.device)
+        query_positions = layer.latest_positions(q, query.device)
         if self.policy.window:
             window, positions = layer.window, layer.window_positions
             if window is None or layer.seen == q:
@@ -391,9 +391,13 @@ class RetentionRun:
             # The slack stays allocated as free room in every head, where the next tokens are
             # written in place: the cache then holds the budget, filled or not, and the decoding
             # steps until the next eviction copy nothing.
-            slots = self.n_layers * self.n_heads
-            room = min(self.config.buffer, capacity // ROOM_SHARE // slots)
-            self.evict(cache, capacity - room * slots, room)
+            room = self._decode_room(capacity)
+            self.evict(cache, capacity - room * self.n_layers * self.n_heads, room)
+
+    def _decode_room(self, capacity: int) -> int:
+        """Free slots per head that decoding keeps for the next tokens: the buffer, at most a
+        ``ROOM_SHARE``-th of the budget."""
+        return min(self.config.buffer, capacity // ROOM_SHARE // (self.n_layers * self.n_heads))
 
     def _make_room(self, layers: list[RetentionLayer], capacity: int) -> None:
         """Decoding under the budget (a fraction budget grows with every token, a token budget
@@ -404,8 +408,7 @@ class RetentionRun:
         if not count:
             return
         free = capacity - sum(layer.allocated() for layer in layers)
-        slots = self.n_layers * self.n_heads
-        room = min(self.config.buffer, capacity // ROOM_SHARE // slots, free // count)
+        room = min(self._decode_room(capacity), free // count)
         if room > 0:
             for layer, heads in full:
                 if heads:
