@@ -26,7 +26,10 @@ a second instance with the same weights), measured in the same process:
   by one of the stock model's, the row's total time over the stock model's. The stock model
   decodes from a cache of as many tokens as the row's cache keeps (the same number of
   entries); the row's time includes its evictions. Alternating the steps makes a change of load
-  on the machine hit both alike.
+  on the machine hit both alike. Both run on ``--compare-threads`` torch threads (1 by default):
+  on a 2-core machine with 2 threads, the same row's ratio swung from 0.82 to 1.29 between
+  64-step windows and runs, as other processes preempted one thread of a parallel kernel and
+  stalled the other; with 1 thread it stayed within 0.88-0.95.
 
 Cache statistics are read at the end.
 """
@@ -143,6 +146,7 @@ def run_one(args: argparse.Namespace) -> dict:
         stock_token, _ = prefill(stock, prompt[:, :512], DynamicCache(config=stock.config))
         stock_cache = DynamicCache(config=stock.config)
         stock_token, stock_prefill = prefill(stock, kept, stock_cache)
+        torch.set_num_threads(args.compare_threads)
         paired_s = paired_stock_s = 0.0
         for _ in range(args.compare_tokens):
             token, seconds = greedy_step(model, token, cache)
@@ -216,7 +220,8 @@ def sweep(args: argparse.Namespace) -> None:
         f"{MODEL['num_key_value_heads']} KV heads, head_dim {MODEL['head_dim']}. Retention: "
         f"global allocation, default protections (a plain forward marks no question), chunk_tokens "
         f"{args.chunk_tokens}, {args.decode_tokens} greedy decode tokens timed for tok/s, then "
-        f"{args.compare_tokens} more alternating with the stock model's, batch 1."
+        f"{args.compare_tokens} more alternating with the stock model's on {args.compare_threads} "
+        "torch thread(s) for 'decode vs stock', batch 1."
     )
     print()
     print(table_head(COLUMNS, 3))
@@ -237,6 +242,8 @@ def sweep(args: argparse.Namespace) -> None:
             str(args.decode_tokens),
             "--compare-tokens",
             str(args.compare_tokens),
+            "--compare-threads",
+            str(args.compare_threads),
             "--seed",
             str(args.seed),
         ]
@@ -291,6 +298,12 @@ def main() -> None:
         type=int,
         default=192,
         help="further decode steps, each followed by a stock model's step, for 'decode vs stock'",
+    )
+    parser.add_argument(
+        "--compare-threads",
+        type=int,
+        default=1,
+        help="torch threads for the 'decode vs stock' steps (see the module docstring)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the prompt")
     parser.add_argument("--one", help="run a single 'length,policy,budget' row (internal)")

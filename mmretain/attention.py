@@ -150,11 +150,15 @@ def _decode_with_probs(
     (keys/values [b, 1, L, d], ``mask`` [b, 1, 1, L] of filled slots or None): the output
     [b, g, 1, dv] and the float32 attention probabilities [b, g, 1, L]."""
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    logits = torch.matmul(query.float(), keys.float().transpose(-1, -2)) * scale
+    # The group's queries as the rows of one product with the head's keys: a [b, g, 1, d]
+    # batch against [b, 1, L, d] would broadcast, and copy, the keys once per query head.
+    rows = query.transpose(1, 2).float()
+    logits = torch.matmul(rows, keys.float().transpose(-1, -2)) * scale
     if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    return torch.matmul(probs.to(values.dtype), values), probs
+    out = torch.matmul(probs.to(values.dtype), values)
+    return out.transpose(1, 2), probs.transpose(1, 2)
 
 
 AttentionInterface.register(ATTENTION_NAME, retention_attention)
