@@ -15,6 +15,7 @@ from transformers import AttentionInterface
 
 from .cache import EMPTY, RetentionCache, RetentionLayer
 from .errors import RetentionStateError
+from .policies.base import RetentionPolicy
 
 ATTENTION_NAME = "mmretain"
 RUN_KWARG = "mmretain_run"
@@ -68,7 +69,8 @@ def retention_attention(
         # A decoded token of a policy that accumulates attention: its probabilities are
         # computed once, for the output and for the policy, instead of SDPA and a recomputation.
         observed = run.policy.accumulates and dropout == 0.0
-        out = _decode(layer, module.layer_idx, query, dropout, scaling, run if observed else None)
+        observer = run.policy if observed else None
+        out = _decode(layer, module.layer_idx, query, dropout, scaling, observer)
     else:
         out = _attend_chunk(layer, query, dropout, scaling)
     run.on_attention(layer, module.layer_idx, query, scaling, observed)
@@ -81,10 +83,10 @@ def _decode(
     query: torch.Tensor,
     dropout: float,
     scaling: float | None,
-    observer=None,
+    observer: RetentionPolicy | None = None,
 ) -> torch.Tensor:
     """A decoded token [b, H, 1, d] over every head's entries, all of which precede it: only
-    empty slots need a mask. ``observer`` (the run) is given the probabilities when set."""
+    empty slots need a mask. ``observer`` (an accumulating policy) is given the probabilities."""
     b, n_query_heads = query.shape[:2]
     group = n_query_heads // len(layer.storage)
     outs = []
@@ -103,7 +105,7 @@ def _decode(
             )
             continue
         head_out, probs = _decode_with_probs(keys, values, mask, group_query, scaling)
-        observer.policy.observe(layer_idx, h, probs, head[3][:, :n])
+        observer.observe(layer_idx, h, probs, head[3][:, :n])
         outs.append(head_out)
     return torch.cat(outs, dim=1)
 

@@ -180,9 +180,7 @@ def _shares(capacity: int, n_groups: int, device: torch.device) -> torch.Tensor:
     return shares
 
 
-def _rank_normalize(
-    scores: torch.Tensor, head_group: torch.Tensor, n_groups: int, empty: torch.Tensor
-) -> torch.Tensor:
+def _rank_normalize(scores: torch.Tensor, head_group: torch.Tensor, n_groups: int) -> torch.Tensor:
     """Each score becomes (group size - rank) / group size inside its (layer, head) group.
 
     Rank 0 is the best; equal scores rank by position in the input. Empty slots stay ``-inf``.
@@ -191,11 +189,11 @@ def _rank_normalize(
     # as long at 52K entries, and an eviction while decoding ranks every entry of the cache.
     by_group = torch.sort(head_group, stable=True).indices
     sizes = torch.bincount(head_group, minlength=n_groups).tolist()
-    present = torch.bincount(head_group[~empty], minlength=n_groups).tolist()
+    present = torch.bincount(head_group[scores > -math.inf], minlength=n_groups).tolist()
     normalized = torch.full(scores.shape, -math.inf, dtype=torch.float64, device=scores.device)
     for members, size in zip(torch.split(by_group, sizes), present, strict=True):
         if size:
-            # ``empty`` marks the -inf scores, so empty slots sort after every present entry.
+            # Empty slots score -inf, so they sort after every present entry.
             best_first = torch.sort(scores[members], descending=True, stable=True).indices
             rank = torch.arange(size, device=scores.device, dtype=torch.float64)
             normalized[members[best_first[:size]]] = (size - rank) / size
@@ -374,7 +372,7 @@ def allocate(
 
     ranked = scores
     if rank_normalize:
-        ranked = _rank_normalize(scores, head_group, n_layers * n_heads, empty)
+        ranked = _rank_normalize(scores, head_group, n_layers * n_heads)
     if n_groups == 1 and not caps:
         left = int(shares[0] - n_protected[0])
         return kept_protected | _best(ranked, present & ~kept_protected, left)

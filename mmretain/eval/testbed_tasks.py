@@ -19,7 +19,7 @@ import numpy as np
 from .. import media
 from ..testbed import SUITES as GENERATORS
 from ..testbed import Sample, make_sample
-from ..testbed.evaluate import DEPTHS, LENGTH_FACTORS
+from ..testbed.evaluate import DEPTHS
 from .metrics import exact_match
 from .sample import EvalSample, MediaSettings, Reference
 from .scorers import Averaged, Scorer
@@ -115,9 +115,7 @@ def testbed_tasks() -> dict[str, TestbedTask]:
     """Every generator: video ones at each of their length factors of the training length."""
     tasks = {}
     for name, spec in GENERATORS.items():
-        factors = spec.eval_factors or LENGTH_FACTORS
-        lengths = [spec.train_length * f for f in factors] if spec.is_video else [None]
-        for length in lengths:
-            key = f"{name}@{length}" if length else name
-            tasks[key] = TestbedTask(key, name, length or spec.train_length)
+        for length in spec.eval_lengths:
+            key = f"{name}@{length}" if spec.is_video else name
+            tasks[key] = TestbedTask(key, name, length)
     return tasks

@@ -12,7 +12,6 @@ from .scoring import accuracy
 from .suites import SUITES, make_sample
 
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
-LENGTH_FACTORS = (1, 4, 8)  # video suites: the training length and beyond it
 
 
 @dataclass
@@ -31,10 +30,10 @@ def evaluate_model(model, processor, count: int = 500, batch_size: int = 16) -> 
     """Every suite and question on ``count`` held-out samples; video suites at 1x, 4x and 8x
     their training length, with depths spread evenly over ``DEPTHS``."""
     plan = [
-        (name, question, spec.train_length * factor if spec.is_video else spec.train_length)
+        (name, question, length)
         for name, spec in SUITES.items()
         for question in spec.questions
-        for factor in ((spec.eval_factors or LENGTH_FACTORS) if spec.is_video else (1,))
+        for length in spec.eval_lengths
     ]
     results = []
     for name, question, length in tqdm(plan, desc="evaluate", dynamic_ncols=True):

@@ -9,14 +9,15 @@ from ...errors import SuiteArgumentError
 from . import dialogue, image_needle, video_distractors, video_needle
 from .base import Sample, sample_rng
 
+LENGTH_FACTORS = (1, 4, 8)  # video suites: the training length and beyond it
+
 
 @dataclass(frozen=True)
 class Suite:
     """A family of samples: its question types, its generator and the length it trains at.
 
     ``length`` means frames for the video suites and is fixed for the others. ``eval_factors``
-    are the multiples of ``train_length`` a video suite is evaluated at (None: the test-bed's
-    `LENGTH_FACTORS`).
+    are the multiples of ``train_length`` a video suite is evaluated at.
     """
 
     name: str
@@ -24,7 +25,14 @@ class Suite:
     generate: Callable[..., Sample]
     train_length: int
     is_video: bool = False
-    eval_factors: tuple[int, ...] | None = None
+    eval_factors: tuple[int, ...] = LENGTH_FACTORS
+
+    @property
+    def eval_lengths(self) -> list[int]:
+        """The lengths it is evaluated at: a video suite's at each of its factors."""
+        if not self.is_video:
+            return [self.train_length]
+        return [self.train_length * factor for factor in self.eval_factors]
 
 
 SUITES: dict[str, Suite] = {
