@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from .cache import RetentionStats
 from .config import RetentionConfig
 from .defaults import AUTO, DEFAULT_BUDGET
 from .engine import RetentionRun
-from .errors import ModelLoadError
+from .errors import ConversationRestartWarning, ModelLoadError
 from .location import checkpoint_location
 from .session import Session
 from .streaming import VideoProgress, stream_video
@@ -44,6 +45,17 @@ class Answer:
     logits: tuple[torch.Tensor, ...] | None = None  # per step, when the config asks for them
 
 
+@dataclass
+class _Turn:
+    """One chat call: the conversation it was given, that conversation's tokens as the chat
+    template renders it, and the reply's tokens and text."""
+
+    messages: Messages
+    ids: list[int]
+    tokens: list[int]
+    text: str
+
+
 class RetainedVLM:
     """A model, its processor and a retention config: chat and video QA under one KV budget.
 
@@ -59,6 +71,7 @@ class RetainedVLM:
         self.config = self.run.config  # "auto" resolved: the policy that really runs
         self._chat: Session | None = None
         self._chat_images = 0
+        self._turn: _Turn | None = None  # the latest chat call and its reply
         self._scorer = None  # the open_clip relevance scorer, loaded on first use
 
     @property
@@ -120,19 +133,23 @@ class RetainedVLM:
     ) -> Answer:
         """Reply to the conversation ``messages``; the cache carries over from the last call.
 
-        Each call passes the whole conversation, as with any chat API. When it extends the
-        previous one, only the new tokens are prefilled; otherwise the session restarts.
+        Each call passes the whole conversation, as with any chat API, earlier replies as the
+        model gave them (`Answer.text`). When it extends the previous one, only the new tokens
+        are prefilled and the cache carries over, the reply as the model generated it. Otherwise
+        the whole conversation is prefilled again, with a `ConversationRestartWarning`, and
+        ``stats.restarts`` counts it; call `reset` first to start a new conversation.
         ``generation_config`` (sampling, stop strings, ...) replaces the default of greedy
         decoding up to ``max_new_tokens``.
         """
         start = time.perf_counter()
         images = [media.load_image(c["image"]) for c in _contents(messages, "image")]
 
-        def render(conversation: Messages) -> dict[str, torch.Tensor]:
+        def render(conversation: Messages, reply_next: bool = True) -> dict[str, torch.Tensor]:
             text = self.processor.apply_chat_template(
-                conversation, add_generation_prompt=True, tokenize=False
+                conversation, add_generation_prompt=reply_next, tokenize=False
             )
-            return self.processor(text=[text], images=images or None, return_tensors="pt")
+            shown = images[: len(_contents(conversation, "image"))]
+            return self.processor(text=[text], images=shown or None, return_tensors="pt")
 
         full = render(messages)
         ids = full["input_ids"][0].tolist()
@@ -140,31 +157,96 @@ class RetainedVLM:
         # same conversation with that text left out.
         blank = render(_without_last_question(messages))["input_ids"][0].tolist()
         question = _changed_span(ids, blank)
+        config = self.generation_config(generation_config, max_new_tokens)
         session = self._chat
-        if (
-            session is None
-            or ids[: len(session.ids)] != session.ids
-            or len(images) < (self._chat_images)
-        ):
-            session, self._chat_images = Session(self.run), 0
-        cached = len(session.ids)
-        inputs: dict[str, Any] = {"input_ids": torch.tensor([ids[cached:]], dtype=torch.long)}
+        continuation = None
+        if session is not None:
+            continuation = self._continuation(messages, ids, len(images), render, config)
+        if continuation is None:
+            fresh = Session(self.run)
+            if session is not None:
+                fresh.cache.replaces(session.cache)
+            session, self._chat_images, continuation = fresh, 0, (0, [])
+        resume, lead = continuation  # the new tokens: ``lead``, then ids[resume:]
+        inputs: dict[str, Any] = {"input_ids": torch.tensor([lead + ids[resume:]])}
         if "mm_token_type_ids" in full:
-            inputs["mm_token_type_ids"] = full["mm_token_type_ids"][:, cached:]
+            types = full["mm_token_type_ids"][:, resume:]
+            inputs["mm_token_type_ids"] = torch.cat([types.new_zeros(1, len(lead)), types], 1)
         new_images = images[self._chat_images :]
         if new_images:
             inputs.update(self.processor.image_processor(images=new_images, return_tensors="pt"))
-        config = self.generation_config(generation_config, max_new_tokens)
-        span = (max(question[0] - cached, 0), max(question[1] - cached, 0))
+        shift = len(lead) - resume
+        span = (max(question[0] + shift, 0), max(question[1] + shift, 0))
         with self._hooked():
             answer = self._answer(session, inputs, config, span)
         self._chat, self._chat_images = session, len(images)
+        self._turn = _Turn(list(messages), ids, answer.tokens, answer.text)
         answer.seconds = time.perf_counter() - start
         return answer
 
+    def _continuation(
+        self,
+        messages: Messages,
+        ids: list[int],
+        images: int,
+        render: Callable[..., dict[str, torch.Tensor]],
+        config: GenerationConfig,
+    ) -> tuple[int, list[int]] | None:
+        """How the conversation ``ids`` goes on from what the chat session holds: prefill
+        ``lead`` then ``ids[resume:]``, as ``(resume, lead)``; None, with a
+        `ConversationRestartWarning`, when it does not go on from it."""
+        held, turn = self._chat.ids, self._turn
+        if images < self._chat_images:
+            return self._restart("an image was taken out")
+        if ids[: len(held)] == held:
+            return len(held), []
+        # The reply passed back as text may tokenize otherwise than the model generated it
+        # (special tokens, another split of the same words): the cache keeps the reply as
+        # generated and goes on after the tokens that close the assistant's turn.
+        n = len(turn.messages)
+        if (
+            len(messages) > n + 1
+            and messages[:n] == turn.messages
+            and messages[n].get("role") == "assistant"
+            and _text_of(messages[n]) == turn.text
+        ):
+            with_reply = render(messages[: n + 1], False)["input_ids"][0].tolist()
+            emptied = {**messages[n], "content": ""}
+            without = render([*messages[:n], emptied], False)["input_ids"][0].tolist()
+            rendered = len(turn.ids)
+            if (
+                with_reply[:rendered] == turn.ids
+                and _changed_span(with_reply, without)[0] >= rendered
+                and ids[: len(with_reply)] == with_reply
+            ):
+                closing = with_reply[_changed_span(with_reply, without)[1] :]
+                ends = config.eos_token_id
+                ends = {ends} if isinstance(ends, int) else set(ends or [])
+                # generate does not feed its last token back; an end token the closing brings.
+                last = [t for t in turn.tokens[-1:] if t not in ends]
+                return len(with_reply), last + closing
+        differs = next(
+            (i for i, (a, b) in enumerate(zip(ids, held, strict=False)) if a != b),
+            min(len(ids), len(held)),
+        )
+        return self._restart(
+            f"they differ from token {differs} of {len(held)} cached: an earlier message "
+            "changed, or a reply differs from the one the model gave"
+        )
+
+    @staticmethod
+    def _restart(why: str) -> None:
+        warnings.warn(
+            f"this conversation does not extend the cached one ({why}), so it is prefilled "
+            "again whole; pass earlier replies back as the model gave them (Answer.text), or "
+            "call reset() before a new conversation",
+            ConversationRestartWarning,
+            stacklevel=4,
+        )
+
     def reset(self) -> None:
         """Forget the conversation."""
-        self._chat, self._chat_images = None, 0
+        self._chat, self._chat_images, self._turn = None, 0, None
 
     # -- long video ----------------------------------------------------------------------------
     def answer_video(
@@ -362,6 +444,14 @@ def _without_last_question(messages: Messages) -> Messages:
                 ]
             break
     return out
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    """The text of a message, its text parts joined."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content or [] if part.get("type") == "text")
 
 
 def _first(ids: int | list[int] | None) -> int | None:

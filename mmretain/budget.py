@@ -157,6 +157,16 @@ def _groups(
     return layer.long() * n_heads + head.long(), n_layers * n_heads
 
 
+def protection_room(
+    capacity: int, *, mode: Allocation, n_layers: int, n_heads: int, device: torch.device
+) -> torch.Tensor:
+    """Entries each share of ``capacity`` under ``mode`` may spend on protections: half of it,
+    rounded down, so the ranking always chooses at least half of every share, and a larger
+    budget never leaves it fewer slots."""
+    _, n_groups = _groups(torch.zeros(0), torch.zeros(0), mode, n_layers, n_heads)
+    return _shares(capacity, n_groups, device) // 2
+
+
 def protection_fits(
     protected: torch.Tensor,
     layer: torch.Tensor,
@@ -167,10 +177,43 @@ def protection_fits(
     n_layers: int,
     n_heads: int,
 ) -> bool:
-    """Whether the ``protected`` entries fit in every share of ``capacity`` under ``mode``."""
+    """Whether the ``protected`` entries fit in the `protection_room` of every share."""
     group, n_groups = _groups(layer, head, mode, n_layers, n_heads)
-    shares = _shares(capacity, n_groups, protected.device)
-    return bool((torch.bincount(group[protected.bool()], minlength=n_groups) <= shares).all())
+    room = protection_room(
+        capacity, mode=mode, n_layers=n_layers, n_heads=n_heads, device=protected.device
+    )
+    return bool((torch.bincount(group[protected.bool()], minlength=n_groups) <= room).all())
+
+
+def latest_that_fit(
+    candidates: torch.Tensor,
+    positions: torch.Tensor,
+    layer: torch.Tensor,
+    head: torch.Tensor,
+    capacity: int,
+    *,
+    mode: Allocation,
+    n_layers: int,
+    n_heads: int,
+    already: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The ``candidates`` of latest ``positions`` that fit, beside the ``already`` protected
+    entries, in the `protection_room` of every share: a question too long to protect whole
+    keeps its last tokens, those that end it and are nearest the answer."""
+    group, n_groups = _groups(layer, head, mode, n_layers, n_heads)
+    room = protection_room(
+        capacity, mode=mode, n_layers=n_layers, n_heads=n_heads, device=candidates.device
+    )
+    if already is not None:
+        room = room - torch.bincount(group[already.bool()], minlength=n_groups)
+    members = candidates.bool().nonzero().squeeze(1)
+    latest_first = members[torch.sort(positions[members], descending=True, stable=True).indices]
+    in_group = _group_order(latest_first, group)
+    member = torch.ones(in_group.shape, dtype=torch.bool, device=candidates.device)
+    rank = _rank_in_group(member, group[in_group], n_groups)
+    fits = torch.zeros_like(candidates, dtype=torch.bool)
+    fits[in_group[rank < room[group[in_group]]]] = True
+    return fits
 
 
 def _shares(capacity: int, n_groups: int, device: torch.device) -> torch.Tensor:

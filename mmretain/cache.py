@@ -49,6 +49,8 @@ class RetentionStats:
     kept_by_head: list[list[int]] = field(default_factory=list)
     seen_by_modality: dict[str, int] = field(default_factory=dict)
     evictions: int = 0
+    # Times a conversation was prefilled again whole because it did not extend the cached one.
+    restarts: int = 0
 
     @property
     def kv_fraction(self) -> float:
@@ -361,12 +363,17 @@ class RetentionCache(Cache):
         self.row_start = torch.zeros(1, dtype=torch.long)  # first non-padding token per row
         self.pending_tags: TokenTags | None = None  # tags of the next forward's tokens
         self.lifted_protections: set[str] = set()  # protections a warning has named
+        self.restarts = 0  # conversations before this one that this cache replaced
         # The call in flight: the chunks of a long prompt still to prefill, and whether it
         # decodes one token (eviction then waits for the buffer to fill).
         self.pending_chunks: list[Any] = []
         self.decoding = False
 
     # -- what the engine tells the cache -------------------------------------------------------
+    def replaces(self, previous: RetentionCache) -> None:
+        """This cache starts over a conversation that ``previous`` held: the restart counts."""
+        self.restarts = previous.restarts + 1
+
     def expect_tags(self, tags: TokenTags) -> None:
         """Tags of the next forward's tokens, for calls that bring embeddings, not ids."""
         self.pending_tags = tags
@@ -467,6 +474,7 @@ class RetentionCache(Cache):
             kept_by_head=kept_by_head,
             seen_by_modality={m.label: self._seen_by_modality[m] for m in Modality},
             evictions=self.evictions,
+            restarts=self.restarts,
         )
 
     # -- writes --------------------------------------------------------------------------------
@@ -493,6 +501,7 @@ class RetentionCache(Cache):
         self.row_start = torch.zeros(1, dtype=torch.long)
         self.pending_tags = None
         self.lifted_protections = set()
+        self.restarts = 0
 
     @property
     def is_compileable(self) -> bool:

@@ -3,8 +3,9 @@
 transformers 5.24 renamed the cache argument of ``forward`` and ``generate`` from
 ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40 / 6.0). Nothing else in
 mmretain names either: it reads and writes the cache through `cache_in` and `with_cache`.
-The private helpers the adapters reuse (M-RoPE positions, LLaVA-NeXT's anyres packing) are
-reached through here too, so a change of their signature is fixed once.
+The private helpers the adapters reuse (M-RoPE positions, LLaVA-NeXT's anyres packing) and the
+processor internals they ask (how a video placeholder is replaced) are reached through here too,
+so a change of their signature or behaviour is fixed once.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "pack_image_features",
     "rope_index",
     "unpad_image",
+    "video_placeholder_as_processed",
     "with_cache",
 ]
 
@@ -70,6 +72,21 @@ def pack_image_features(model: torch.nn.Module, *args: Any) -> list[torch.Tensor
     """LLaVA-NeXT / OneVision's packing of per-view image features (newline tokens included)."""
     packed, _ = model.model.pack_image_features(*args)
     return packed
+
+
+def video_placeholder_as_processed(processor: Any, text: str) -> str:
+    """``text`` with its video placeholder replaced as ``processor`` replaces it, by one bare
+    video token.
+
+    The processor's own rule decides what surrounds the video: from transformers 5.25,
+    ``Qwen3VLProcessor.get_text_with_replacements`` also drops the chat template's
+    ``<|vision_start|>``/``<|vision_end|>`` around the placeholder (each temporal patch brings its
+    own pair); 5.23 and 5.24 keep them.
+    """
+    expanded, _ = processor.get_text_with_replacements(
+        [text], videos_replacements=[processor.video_token]
+    )
+    return expanded[0]
 
 
 def cache_kwargs(cache: Any) -> dict[str, Any]:

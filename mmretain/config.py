@@ -54,8 +54,10 @@ class RetentionConfig:
             policy ranks every token itself (StreamingLLM's sinks are part of its score).
         protect_turn: protect the text of the latest question (the span `Session.generate`
             and `RetainedVLM` mark; a plain ``generate`` marks none, so its whole prompt is
-            compressed). Protections live inside the budget: when they do not fit, they are
-            lifted in the order recent window, sinks, question, with a `BudgetWarning`.
+            compressed). Protections live inside the budget and take at most half of each
+            share of it, so the ranking always chooses at least half: when they do not fit,
+            the recent window is lifted, then the sinks, then the question keeps only its
+            last tokens, with one `BudgetWarning`.
         chunk_tokens: prefill at most this many tokens per forward, evicting after each, so
             the cache peaks at budget + chunk instead of the whole prompt.
         buffer: tokens of slack during decoding: when the cache passes the budget, eviction
@@ -125,12 +127,12 @@ class RetentionConfig:
             budget = Budget.parse(self.budget)
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        if budget.kind == "tokens" and budget.value < self.sink + self.recent:
+        if budget.kind == "tokens" and budget.value // 2 < self.sink + self.recent:
             raise ConfigError(
-                f"budget of {int(budget.value)} tokens is smaller than the "
-                f"{self.sink + self.recent} protected tokens "
-                f"(sink={self.sink} + recent={self.recent}); "
-                "raise the budget or lower sink/recent"
+                f"the {self.sink + self.recent} protected tokens (sink={self.sink} + "
+                f"recent={self.recent}) need more than half of the budget of "
+                f"{int(budget.value)} tokens; protections take at most half, the ranking the "
+                "rest: raise the budget or lower sink/recent"
             )
         policy = None
         if self.policy != AUTO:

@@ -31,7 +31,7 @@ from torch import nn
 from . import compat
 from .adapters import adapter_for
 from .attention import ATTENTION_NAME, CACHE_KWARG, HIDDEN_KWARG, RUN_KWARG
-from .budget import allocate, protection_fits
+from .budget import allocate, latest_that_fit, protection_fits
 from .cache import EMPTY, RetentionCache, RetentionLayer, RetentionStats
 from .config import RetentionConfig
 from .errors import BudgetWarning, RetentionStateError
@@ -470,46 +470,54 @@ class RetentionRun:
     ) -> torch.Tensor:
         """The entries of one batch row that are kept whatever their score.
 
-        Protections live inside the budget. When they do not all fit, they are lifted in this
-        order until the rest fits: the recent window, then the sinks, then the question; the
-        lifted entries are ranked with the others, and a `BudgetWarning` names them once.
+        Protections live inside the budget and take at most half of each share of it
+        (`budget.protection_room`), so the ranking always chooses at least half. When they do
+        not fit, the recent window is lifted, then the sinks (their tokens are ranked with the
+        rest), and then the question keeps only its last tokens; a `BudgetWarning` says so once
+        per cache.
         """
         config = self.config
         start = int(cache.row_start[row]) if row < len(cache.row_start) else 0
         filled = positions != EMPTY
-        kinds = {
-            "recent window": positions >= seen - config.recent,
-            "sinks": positions < start + config.sink,
-            "question": (positions >= cache.turn[0])
+        shares = {
+            "capacity": capacity,
+            "mode": self.config.allocation_mode,
+            "n_layers": len(cache.initialized_layers),
+            "n_heads": self.n_heads,
+        }
+        question = (
+            filled
+            & (positions >= cache.turn[0])
             & (positions < cache.turn[1])
             & (modality == int(Modality.TEXT))
             if config.protect_turn
-            else torch.zeros_like(filled),
+            else torch.zeros_like(filled)
+        )
+        others = {
+            "recent window": filled & (positions >= seen - config.recent),
+            "sinks": filled & (positions < start + config.sink),
         }
         lifted = []
-        for name in [*kinds, None]:  # with every protection lifted, nothing is left to fit
-            protected = filled & torch.stack(list(kinds.values())).any(dim=0)
-            fits = protection_fits(
-                protected,
-                flat.layer,
-                flat.head,
-                capacity,
-                mode=self.config.allocation_mode,
-                n_layers=len(cache.initialized_layers),
-                n_heads=self.n_heads,
-            )
-            if fits or name is None:
+        for name in [None, *others]:
+            if name is not None:
+                if bool(others[name].any()):
+                    lifted.append(f"protection of the {name} is lifted")
+                others[name] = torch.zeros_like(filled)
+            protected = question | torch.stack(list(others.values())).any(dim=0)
+            if protection_fits(protected, flat.layer, flat.head, **shares):
                 break
-            if bool((kinds[name] & filled).any()):
-                lifted.append(name)
-            kinds[name] = torch.zeros_like(filled)
+        else:
+            kept = latest_that_fit(question, positions, flat.layer, flat.head, **shares)
+            if not bool(kept[question].all()):
+                lifted.append("question keeps only its last tokens")
+            protected = kept
         if lifted and set(lifted) - cache.lifted_protections:
             cache.lifted_protections.update(lifted)
             warnings.warn(
                 f"the KV budget ({capacity // (self.n_layers * self.n_heads)} tokens now) cannot "
-                f"hold every protected token: the protection of the {' and '.join(lifted)} is "
-                "lifted and those tokens are ranked with the rest; raise the budget (or lower "
-                "sink/recent) to keep them",
+                "hold every protected token in half of it (the other half is the ranking's): "
+                f"the {' and the '.join(lifted)}; raise the budget (or lower sink/recent) to "
+                "keep them all",
                 BudgetWarning,
                 stacklevel=2,
             )

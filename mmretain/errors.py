@@ -62,6 +62,10 @@ class BudgetWarning(UserWarning):
     """Protections that do not fit the KV budget and were lifted, in the documented order."""
 
 
+class ConversationRestartWarning(UserWarning):
+    """A chat conversation that does not extend the cached one: it is prefilled again whole."""
+
+
 class MediaWarning(UserWarning):
     """Media was read only in part, for example a video cut short mid-stream."""
 

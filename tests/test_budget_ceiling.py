@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 
 import pytest
 import torch
@@ -21,6 +22,8 @@ from mmretain.tags import Modality, TokenTags
 from mmretain.testbed import model_path
 
 GREEDY = GenerationConfig(max_new_tokens=4, do_sample=False)
+# The last generated token is not fed back: the cache holds the prompt as eviction left it.
+ONE_TOKEN = GenerationConfig(max_new_tokens=1, do_sample=False)
 
 
 def slots(run) -> int:
@@ -40,16 +43,48 @@ def test_a_text_prompt_is_compressed_to_the_budget(llama, budget):
     assert stats.evictions > 0
 
 
-def test_a_question_longer_than_the_budget_lifts_its_protection_with_a_warning(llama):
+def test_a_question_longer_than_the_budget_keeps_its_last_tokens_with_one_warning(llama):
     with torch.inference_mode(), mmretain.retain(llama.model, budget=64) as run:
         session = Session(run)
         session.extend({"input_ids": torch.randint(3, 100, (1, 200))})
         question = torch.randint(3, 100, (1, 300))
-        with pytest.warns(BudgetWarning, match=r"protection of the question is lifted"):
-            reply = session.generate({"input_ids": question}, GREEDY)
-    assert len(reply.tokens) == 4
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            reply = session.generate({"input_ids": question}, ONE_TOKEN)
+    budget_warnings = [w for w in caught if issubclass(w.category, BudgetWarning)]
+    assert len(budget_warnings) == 1
+    assert "question keeps only its last tokens" in str(budget_warnings[0].message)
+    assert len(reply.tokens) == 1
     assert session.cache.entries() <= 64 * slots(run)
     assert session.cache.turn == (200, 500)
+    for layer in session.cache.layers:
+        for positions in layer.positions:
+            assert set(range(500 - 32, 500)) <= set(positions[0].tolist())  # half of 64
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "layer", "global"])
+def test_a_question_the_size_of_the_budget_leaves_half_of_every_share_to_the_ranking(
+    llama, allocation
+):
+    """24 question tokens in a 24-token budget: they would fill every share, so only the last
+    12 are protected and the ranking chooses the other half."""
+    budget, context, asked = 24, 100, 24
+    config = mmretain.RetentionConfig(policy="knorm", budget=budget, allocation=allocation)
+    with torch.inference_mode(), mmretain.retain(llama.model, config) as run:
+        session = Session(run)
+        session.extend({"input_ids": torch.randint(3, 100, (1, context))})
+        with pytest.warns(BudgetWarning, match="question keeps only its last tokens"):
+            session.generate({"input_ids": torch.randint(3, 100, (1, asked))}, ONE_TOKEN)
+    protected = set(range(context + asked - budget // 2, context + asked))
+    chosen_by_ranking = 0
+    for layer in session.cache.layers:
+        kept = [set(positions[0].tolist()) - {-1} for positions in layer.positions]
+        assert all(protected <= heads for heads in kept)
+        chosen = [len(heads - protected) for heads in kept]
+        if allocation == "uniform":
+            assert chosen == [budget // 2] * len(kept)
+        chosen_by_ranking += sum(chosen)
+    assert chosen_by_ranking == budget // 2 * slots(run)
 
 
 def test_a_one_token_prompt_piece_is_prefill_not_decoding(llama):
@@ -73,18 +108,19 @@ def test_a_one_token_prompt_piece_is_prefill_not_decoding(llama):
 
 
 def test_protections_are_lifted_recent_window_first(llama):
-    """Sinks and the question fit; the recent window does not: only it is lifted."""
-    with torch.inference_mode(), mmretain.retain(llama.model, budget=24, sink=4, recent=20) as run:
+    """Sinks and the question fit in half of the budget; with the recent window they do not:
+    only it is lifted."""
+    with torch.inference_mode(), mmretain.retain(llama.model, budget=0.3, sink=4, recent=20) as run:
         session = Session(run)
-        session.extend({"input_ids": torch.randint(3, 100, (1, 100))})
-        with pytest.warns(BudgetWarning, match=r"protection of the recent window is lifted"):
-            session.generate({"input_ids": torch.randint(3, 100, (1, 10))}, GREEDY)
+        with pytest.warns(BudgetWarning, match=r"protection of the recent window is lifted;"):
+            session.extend({"input_ids": torch.randint(3, 100, (1, 100))})
+            session.generate({"input_ids": torch.randint(3, 100, (1, 10))}, ONE_TOKEN)
     for layer in session.cache.layers:
         for positions in layer.positions:
             kept = set(positions[0].tolist())
             assert {0, 1, 2, 3} <= kept  # sinks
             assert set(range(100, 110)) <= kept  # the question
-            assert len(kept) <= 24
+    assert session.cache.entries() <= int(0.3 * 110) * slots(run)
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava_next", "llava_onevision"])
@@ -94,7 +130,7 @@ def test_the_chat_question_is_what_is_protected(family, tmp_path, image_file):
         if family == "qwen2_vl"
         else write_family(family, tmp_path / family)
     )
-    vlm = load(path, policy="knorm", budget=0.5)
+    vlm = load(path, policy="knorm", budget=0.8)
     question = "what is the colour of the shape ?"
     image = {"type": "image", "image": str(image_file)}
     vlm.chat([{"role": "user", "content": [image, {"type": "text", "text": question}]}], 2)
@@ -107,7 +143,7 @@ def test_the_chat_question_is_what_is_protected(family, tmp_path, image_file):
     for layer in cache.layers:
         for positions in layer.positions:
             assert set(range(start, end)) <= set(positions[0].tolist())
-    assert cache.stats.entries_kept <= int(0.5 * cache.get_seq_length()) * slots(vlm.run)
+    assert cache.stats.entries_kept <= int(0.8 * cache.get_seq_length()) * slots(vlm.run)
 
 
 def test_the_default_policy_is_global_when_tied_gates_ship(tmp_path):
@@ -136,7 +172,7 @@ def test_streaming_keeps_its_sinks_and_the_latest_tokens(llama):
 def test_generate_keeps_the_question_it_is_told_of(llama):
     """``question_tokens=N``: the context is compressed, the prompt's last N tokens are kept."""
     prompt = torch.randint(3, 100, (1, 80), generator=torch.Generator().manual_seed(3))
-    with mmretain.retain(llama.model, policy="knorm", budget=16) as run:
+    with mmretain.retain(llama.model, policy="knorm", budget=24) as run:
         llama.model.generate(prompt, max_new_tokens=3, do_sample=False, question_tokens=10)
     assert run.cache.turn == (70, 80)
     for layer in run.cache.layers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
+import warnings
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from PIL import Image
 
 from mmretain import cli
 from mmretain.api import load
+from mmretain.errors import ConversationRestartWarning
 
 
 def vanilla_reply(vlm, messages, max_new_tokens):
@@ -47,6 +49,52 @@ def test_two_turns_match_vanilla_and_encode_the_image_once(checkpoint, image_fil
     assert second.stats.seen_by_modality["image"] == 16
     assert first.tokens == vanilla_reply(vlm, turn1, 4)
     assert second.tokens == vanilla_reply(vlm, turn2, 4)
+
+
+def test_three_turns_with_the_models_own_replies_carry_the_cache_over(checkpoint, image_file):
+    """Random weights reply with any token, special ones included, so a reply passed back as
+    text need not tokenize as it was generated: the cache still carries over, every turn."""
+    vlm = load(checkpoint, policy="snapkv", budget=0.5)
+    encoded = []
+    hook = vlm.model.model.visual.register_forward_hook(lambda *a: encoded.append(1))
+    image = {"type": "image", "image": str(image_file)}
+    conversation = [
+        {"role": "user", "content": [image, {"type": "text", "text": "what shape is it ?"}]}
+    ]
+    sessions, seen = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConversationRestartWarning)
+        for question in ("what colour is it ?", "where is it ?", None):
+            answer = vlm.chat(conversation, max_new_tokens=6)
+            sessions.append(vlm._chat)
+            seen.append(answer.stats.tokens_seen)
+            assert answer.stats.restarts == 0
+            if question:
+                conversation += [
+                    {"role": "assistant", "content": [{"type": "text", "text": answer.text}]},
+                    {"role": "user", "content": [{"type": "text", "text": question}]},
+                ]
+    hook.remove()
+    assert encoded == [1]
+    assert sessions[0] is sessions[1] is sessions[2]
+    assert seen[0] < seen[1] < seen[2]
+    assert answer.stats.evictions > 0
+
+
+def test_a_changed_earlier_turn_restarts_with_a_warning_and_counts(checkpoint):
+    vlm = load(checkpoint, policy="snapkv", budget=0.5)
+    first = [{"role": "user", "content": [{"type": "text", "text": "what shape is it ?"}]}]
+    reply = vlm.chat(first, max_new_tokens=2)
+    edited = [
+        {"role": "user", "content": [{"type": "text", "text": "what colour is it ?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": reply.text}]},
+        {"role": "user", "content": [{"type": "text", "text": "where is it ?"}]},
+    ]
+    with pytest.warns(ConversationRestartWarning, match="prefilled again whole"):
+        again = vlm.chat(edited, max_new_tokens=2)
+    assert again.stats.restarts == 1
+    vlm.reset()
+    assert vlm.chat(first, max_new_tokens=2).stats.restarts == 0
 
 
 def test_cli_chat_reads_turns_from_stdin(checkpoint, image_file, monkeypatch, capsys):

@@ -304,13 +304,17 @@ def test_a_conversation_is_fed_turn_by_turn(tmp_path, monkeypatch):
         select_tasks("testbed", ["dialogue"]),
         [Cell("snapkv", "0.5")],
         settings,
-        limit=1,
+        limit=3,
         pictures=0,
         progress=False,
     )
-    assert [roles.count("user") for roles in seen] == [1, 2, 3]
+    assert [roles.count("user") for roles in seen] == [1, 2, 3] * 3
     assert seen[0] == ["user"] and seen[-1][-1] == "user"
-    assert "error" not in rows_of(tmp_path / "out", "dialogue", "snapkv@0.5")[0]
+    rows = rows_of(tmp_path / "out", "dialogue", "snapkv@0.5")
+    assert len(rows) == 3
+    for row in rows:
+        assert "error" not in row
+        assert row["restarts"] == 0  # each turn went on from the cache the turn before left
 
 
 def test_a_folder_whose_fractions_meant_tokens_seen_is_not_resumed(tmp_path):

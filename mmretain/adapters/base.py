@@ -134,6 +134,12 @@ class Adapter:
         side = math.isqrt(max(tokens // max(frames, 1), 1))
         return side, side
 
+    def video_prompt_text(self, processor: Any, text: str) -> str:
+        """The chat-formatted ``text`` of a streamed video's prompt with its placeholder as the
+        processor replaces it, by one video token: the text around that token is what goes in
+        before and after the chunks."""
+        return text
+
     def video_chunk_prompt(
         self,
         processor: Any,

@@ -23,6 +23,7 @@ import torch
 from transformers import Qwen3VLVideoProcessor
 from transformers.image_utils import SizeDict
 
+from ..compat import video_placeholder_as_processed
 from ..errors import UnsupportedModelError
 from ..tags import Modality, TokenTags
 from .base import tag_grid
@@ -40,6 +41,12 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
             "before every temporal patch. Stream each chunk as prompt tokens with its frames "
             "(video_chunk_prompt) instead."
         )
+
+    def video_prompt_text(self, processor: Any, text: str) -> str:
+        # Each chunk brings its own <|vision_start|>/<|vision_end|> per temporal patch; whether the
+        # template's pair around the whole video stays depends on the transformers version, so
+        # the processor's own rule decides (see compat).
+        return video_placeholder_as_processed(processor, text)
 
     def video_chunk_prompt(
         self,

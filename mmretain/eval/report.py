@@ -14,6 +14,7 @@ one line per policy).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -44,6 +45,13 @@ class CellResult:
     kv_percent: float | None
     kv_peak_percent: float | None
     seconds: float
+    # Mean per-sample score in [0, 1] and its standard error, what the budget check compares.
+    sample_mean: float = 0.0
+    sample_stderr: float = 0.0
+    restarts: int = 0  # conversations prefilled again whole (see `RetentionStats.restarts`)
+    # The same policy's cell at a smaller budget that this one falls more than two standard
+    # errors below: more memory, worse answers, a defect to explain.
+    below_smaller_budget: str | None = None
 
     @property
     def score(self) -> float:
@@ -68,6 +76,8 @@ def summarize(task: Any, cell: str, rows: list[dict[str, Any]]) -> CellResult:
     parsed = Cell.from_name(cell)
     answered = [row for row in rows if "error" not in row]
     summary = task.scorer.summarize(rows, task.report_by)
+    scored = [float(row["score"]) for row in rows if row.get("answer") is not None]
+    mean, stderr = _mean_and_stderr(scored)
     return CellResult(
         task=task.name,
         suite=task.suite,
@@ -85,7 +95,50 @@ def summarize(task: Any, cell: str, rows: list[dict[str, Any]]) -> CellResult:
             sum(r["kv_peak_bytes"] for r in answered), sum(r["kv_full_bytes"] for r in answered)
         ),
         seconds=sum(r["seconds"] for r in rows) / len(rows) if rows else 0.0,
+        sample_mean=mean,
+        sample_stderr=stderr,
+        restarts=sum(r.get("restarts", 0) for r in answered),
     )
+
+
+def _mean_and_stderr(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return 0.0, 0.0
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(variance / len(values))
+
+
+def flag_budget_inversions(results: list[CellResult]) -> None:
+    """Mark each cell whose per-sample mean falls more than two standard errors (of the
+    difference) below the same task and policy at a smaller budget of the same kind."""
+    for cell in results:
+        amount = _budget_amount(cell.budget)
+        if amount is None:
+            continue
+        for other in results:
+            smaller = _budget_amount(other.budget)
+            if (
+                other.task != cell.task
+                or other.policy != cell.policy
+                or smaller is None
+                or (smaller < 1) != (amount < 1)  # fractions against fractions, tokens too
+                or smaller >= amount
+            ):
+                continue
+            gap = other.sample_mean - cell.sample_mean
+            if gap > 2 * math.hypot(cell.sample_stderr, other.sample_stderr) and gap > 0:
+                cell.below_smaller_budget = other.budget
+                break
+
+
+def _budget_amount(budget: str | None) -> float | None:
+    try:
+        return float(budget) if budget is not None else None
+    except ValueError:  # a byte size such as "64MiB"
+        return None
 
 
 def collect(out: Path, selections: dict[str, set[int]] | None = None) -> list[CellResult]:
@@ -105,6 +158,7 @@ def collect(out: Path, selections: dict[str, set[int]] | None = None) -> list[Ce
                 rows = [row for row in rows if row["index"] in selections[directory.name]]
             if rows:
                 results.append(summarize(task, name, rows))
+    flag_budget_inversions(results)
     return results
 
 
@@ -137,7 +191,10 @@ def markdown(results: list[CellResult], out: Path) -> str:
         "Score: the task's headline metric. % of full: score over the full-cache score on the",
         "same samples. KV held: bytes the cache held when answering, over the bytes it would",
         "hold with every token it saw kept (all layers and heads, summed over samples); KV peak:",
-        "the largest it grew during a sample, on the same scale.",
+        "the largest it grew during a sample, on the same scale. Restarts: conversations the",
+        "chat had to prefill again whole (0 when every turn carried the cache over). A cell",
+        "marked ▼ falls more than two standard errors below the same policy at the smaller",
+        "budget it names.",
     ]
     by_suite: dict[str, list[CellResult]] = defaultdict(list)
     for result in results:
@@ -150,15 +207,16 @@ def markdown(results: list[CellResult], out: Path) -> str:
             f"![accuracy against KV budget]({suite}_accuracy_vs_budget.png)",
             "",
             "| task | metric | policy | budget | score | % of full | KV held % | KV peak % "
-            "| samples | unparsed | errors | s/sample |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| samples | unparsed | errors | restarts | s/sample |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
             relative = _percent(r.score, full[r.task]) if r.task in full else None
+            flag = f" ▼ below {r.below_smaller_budget}" if r.below_smaller_budget else ""
             lines.append(
-                f"| {r.task} | {r.metric} | {r.policy} | {r.budget or '—'} | {_fmt(r.score)} "
-                f"| {_fmt(relative)} | {_fmt(r.kv_percent)} | {_fmt(r.kv_peak_percent)} "
-                f"| {r.samples} | {r.unparsed} | {r.errors} | {r.seconds:.2f} |"
+                f"| {r.task} | {r.metric} | {r.policy} | {r.budget or '—'} | {_fmt(r.score)}"
+                f"{flag} | {_fmt(relative)} | {_fmt(r.kv_percent)} | {_fmt(r.kv_peak_percent)} "
+                f"| {r.samples} | {r.unparsed} | {r.errors} | {r.restarts} | {r.seconds:.2f} |"
             )
     for task, rows in _by_task(results).items():
         keys = [k for k in rows[0].summary if k != "score"]

@@ -273,12 +273,17 @@ class Runner:
             )[0]
         vlm.reset()
         # A conversation arrives turn by turn, as in a chat: each earlier turn is prefilled and
-        # answered (and evicted from) before the next one, and only the latest turn's text is
-        # protected. A reply that differs from the recorded one restarts the session.
-        users = [i for i, message in enumerate(sample.messages) if message["role"] == "user"]
-        for turn in users[:-1]:
-            vlm.chat(sample.messages[: turn + 1], max_new_tokens=EARLIER_TURN_TOKENS)
-        return vlm.chat(sample.messages, max_new_tokens=tokens)
+        # answered (and evicted from) before the next one, only the latest turn's text is
+        # protected, and the model's own replies stand for the recorded ones, so the cache
+        # carries over from turn to turn as a user's chat does (`stats.restarts` says if not).
+        conversation: list[dict[str, Any]] = []
+        for message in sample.messages[:-1]:
+            answers_user = conversation and conversation[-1]["role"] == "user"
+            if message["role"] == "assistant" and answers_user:
+                reply = vlm.chat(conversation, max_new_tokens=EARLIER_TURN_TOKENS)
+                message = {**message, "content": _as_content(reply.text, message["content"])}
+            conversation.append(message)
+        return vlm.chat([*conversation, sample.messages[-1]], max_new_tokens=tokens)
 
     def _picture(self, task, cell: Cell, vlm, sample: EvalSample) -> None:
         path = self.out / "pictures" / task.name / cell.name / f"{sample.index}.png"
@@ -291,16 +296,22 @@ class Runner:
             retention_map.save_image_picture(path, sample.images[0], grid, title)
 
 
+def _as_content(text: str, like: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """``text`` as a message's content, in the form ``like`` has (a string or parts)."""
+    return text if isinstance(like, str) else [{"type": "text", "text": text}]
+
+
 def retention_fields(stats: RetentionStats) -> dict[str, Any]:
     """What the cache held for one answer, as rows record it: tokens seen and kept per modality
-    (a token kept in every layer and head counts once), KV bytes held, the peak, and the bytes
-    of a cache that kept every token."""
+    (a token kept in every layer and head counts once), KV bytes held, the peak, the bytes
+    of a cache that kept every token, and how often the conversation had to restart."""
     return {
         "tokens_seen": {k: v for k, v in stats.seen_by_modality.items() if v},
         "tokens_kept": {k: round(v, 2) for k, v in stats.tokens_kept.items() if v},
         "kv_bytes": stats.bytes_held,
         "kv_peak_bytes": stats.peak_bytes_held,
         "kv_full_bytes": stats.bytes_full_cache,
+        "restarts": stats.restarts,
     }
 
 
