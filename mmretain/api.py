@@ -324,6 +324,8 @@ class RetainedVLM:
         text = self.processor.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False
         )
+        # As the processor itself rewrites it around the placeholder (Qwen3-VL, 5.25 on).
+        text = self.run.adapter.video_prompt_text(self.processor, text)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         video_token = self.run.adapter.video_token_id
         if ids.count(video_token) != 1:

@@ -19,6 +19,7 @@ one context, turns of a conversation). Everything is undone on exit, on every pa
 
 from __future__ import annotations
 
+import copy
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
@@ -58,7 +59,9 @@ class RetentionRun:
     def __init__(self, model: nn.Module, config: RetentionConfig):
         self.model = model
         self.config = config.for_model(model)
-        self.policy = self.config.retention_policy
+        # A run's own instance: binding (gates, their allocation) and any state a policy keeps
+        # while it runs must not follow one run into another made from the same config.
+        self.policy = copy.deepcopy(self.config.retention_policy)
         self.adapter = adapter_for(model)
         self.n_layers = self.adapter.num_layers
         self.n_heads = self.adapter.num_kv_heads
@@ -70,6 +73,12 @@ class RetentionRun:
         self._generate_inputs: dict[str, Any] = {}
         self._in_chunk = False
         self.cache = self.new_cache()
+
+    @property
+    def allocation_mode(self) -> str:
+        """The allocation the config asks for, else this run's policy's preferred one (learned
+        gates may name theirs)."""
+        return self.config.allocation or self.policy.preferred_allocation
 
     @property
     def stats(self) -> RetentionStats:
@@ -446,7 +455,7 @@ class RetentionRun:
                     flat.layer,
                     flat.head,
                     capacity,
-                    mode=self.config.allocation_mode,
+                    mode=self.allocation_mode,
                     n_layers=len(layers),
                     n_heads=self.n_heads,
                     protected=protected,
@@ -481,7 +490,7 @@ class RetentionRun:
         filled = positions != EMPTY
         shares = {
             "capacity": capacity,
-            "mode": self.config.allocation_mode,
+            "mode": self.allocation_mode,
             "n_layers": len(cache.initialized_layers),
             "n_heads": self.n_heads,
         }

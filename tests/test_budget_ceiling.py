@@ -188,7 +188,7 @@ def test_gates_may_name_the_allocation_they_rank_best_with(tmp_path):
     gates.save_pretrained(gated / "retention_gates")
     for asked, used in ((None, "layer"), ("global", "global")):
         with mmretain.retain(model, policy="global", allocation=asked) as run:
-            assert run.config.allocation_mode == used
+            assert run.allocation_mode == used
     config_file = gated / "retention_gates" / "retention_gates.json"
     record = json.loads(config_file.read_text())
     config_file.write_text(json.dumps({**record, "allocation": "everywhere"}))
@@ -200,3 +200,21 @@ def test_gates_may_name_the_allocation_they_rank_best_with(tmp_path):
     # The shipped LLaVA test-bed gates rank per layer (chosen on held-out samples).
     shipped = RetentionGates.from_pretrained(model_path("testbed-llava") / "retention_gates")
     assert shipped.config.allocation == "layer"
+
+
+def test_two_runs_from_one_config_do_not_share_a_policy():
+    """The LLaVA test-bed gates name `layer` allocation, the Qwen2-VL ones none: a run on one
+    model must not rank with the gates or allocation a run on the other bound."""
+    from mmretain.api import load_model
+
+    config = mmretain.RetentionConfig(policy="global", budget=0.1)
+    qwen, llava = load_model(model_path("testbed")), load_model(model_path("testbed-llava"))
+    with mmretain.retain(qwen, config) as first:
+        pass
+    with mmretain.retain(llava, config) as second:
+        assert second.allocation_mode == "layer"
+    with mmretain.retain(qwen, config) as third:
+        assert third.allocation_mode == "global"
+        assert third.policy._gates.config.model_family == "qwen2_vl"
+    assert len({id(run.policy) for run in (first, second, third)}) == 3
+    assert config.retention_policy._gates is None

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ...errors import SuiteArgumentError
-from . import dialogue, image_needle, video_distractors, video_needle
+from . import dialogue, facts, image_needle, video_distractors, video_needle
 from .base import Sample, sample_rng
 
 LENGTH_FACTORS = (1, 4, 8)  # video suites: the training length and beyond it
@@ -52,6 +52,8 @@ SUITES: dict[str, Suite] = {
             eval_factors=(4, 8),
         ),
         Suite("dialogue", dialogue.QUESTIONS, dialogue.generate, 3),
+        Suite("image-chat", facts.QUESTIONS, facts.generate_chat, 4),
+        Suite("text-and-image", facts.QUESTIONS, facts.generate_passage, 1),
     )
 }
 
