@@ -24,7 +24,7 @@ from .cache import RetentionStats
 from .config import RetentionConfig
 from .defaults import AUTO, DEFAULT_BUDGET
 from .engine import RetentionRun
-from .errors import ConversationRestartWarning, ModelLoadError
+from .errors import ConversationRestartWarning, FrameSamplingError, ModelLoadError
 from .location import checkpoint_location
 from .session import Session
 from .streaming import VideoProgress, stream_video
@@ -284,6 +284,10 @@ class RetainedVLM:
             questions = [questions]
         if not questions:
             raise ValueError("give at least one question about the video")
+        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+            raise FrameSamplingError(
+                f"chunk_frames must be a whole number of frames >= 1, got {chunk_frames!r}"
+            )
         video = (
             path
             if isinstance(path, media.Video)

@@ -11,8 +11,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from .command import run_command
-from .defaults import AUTO, DEFAULT_BUDGET, POLICY_NAMES
+from .command import ArgumentParser, real, run_command, whole
+from .defaults import AUTO, DEFAULT_BUDGET, MAX_PRIOR, POLICY_NAMES
 from .errors import UsageError
 
 DEFAULT_MODEL = "testbed"
@@ -58,13 +58,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
         choices=("global", "layer", "uniform"),
         help="default: the policy's own (global; uniform for trimkv)",
     )
-    parser.add_argument("--sink", type=int, default=0, help="first tokens protected (default 0)")
-    parser.add_argument("--recent", type=int, default=0, help="last tokens protected (default 0)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="longest reply (default 64)")
+    parser.add_argument(
+        "--sink", type=whole(0), default=0, help="first tokens protected (default 0)"
+    )
+    parser.add_argument(
+        "--recent", type=whole(0), default=0, help="last tokens protected (default 0)"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=whole(1), default=64, help="longest reply (default 64)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmretain", description=__doc__)
+    parser = ArgumentParser(prog="mmretain", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     video = commands.add_parser("video-qa", help="answer questions about a video")
@@ -79,14 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(video)
     video.add_argument(
-        "--fps", type=float, default=1.0, help="frames sampled per second (default 1)"
+        "--fps", type=real(0, above=True), default=1.0, help="frames sampled per second (default 1)"
     )
     video.add_argument(
-        "--max-frames", type=int, default=None, help="most frames to read (default all)"
+        "--max-frames", type=whole(1), default=None, help="most frames to read (default all)"
     )
-    video.add_argument("--chunk-frames", type=int, default=16, help="frames per chunk (default 16)")
-    video.add_argument("--start", type=float, default=None, help="seconds")
-    video.add_argument("--end", type=float, default=None, help="seconds")
+    video.add_argument(
+        "--chunk-frames", type=whole(1), default=16, help="frames per chunk (default 16)"
+    )
+    video.add_argument("--start", type=real(0), default=None, help="seconds")
+    video.add_argument("--end", type=real(0), default=None, help="seconds")
     video.add_argument(
         "--question-first",
         action="store_true",
@@ -101,11 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(--retrieve)",
     )
     video.add_argument(
-        "--prior", type=float, default=None, help="weight of the relevance prior (default 1.0)"
+        "--prior",
+        type=real(0, MAX_PRIOR),
+        default=None,
+        help="weight of the relevance prior (default 1.0)",
     )
     video.add_argument(
         "--retrieve",
-        type=int,
+        type=whole(0),
         default=0,
         help="stream only the N most relevant chunks, plus a thin uniform sample (default 0: all)",
     )
@@ -143,15 +154,6 @@ def _utf8(text: str, where: str) -> str:
     return text
 
 
-def _check_counts(args, *names: str) -> None:
-    """Counts that must be at least 1, checked before anything loads."""
-    for name in names:
-        value = getattr(args, name)
-        if value < 1:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(f"{flag} must be at least 1, got {value}")
-
-
 def _load(args):
     from .location import checkpoint_location
 
@@ -178,8 +180,6 @@ def _relevance(args):
     from .relevance import Relevance
 
     prior = 1.0 if args.prior is None else args.prior
-    if prior < 0 or args.retrieve < 0:
-        raise UsageError("--prior and --retrieve must be at least 0")
     if not prior and not args.retrieve:
         raise UsageError("--prior 0 without --retrieve N leaves --relevance nothing to do")
     return Relevance(
@@ -213,12 +213,7 @@ def _answer_video(args, expected: str | None) -> None:
 
     from .media import Video
 
-    # Check the arguments and the video before loading a model: bad input fails in a moment.
-    _check_counts(args, "max_new_tokens", "chunk_frames")
-    if args.max_frames is not None:
-        _check_counts(args, "max_frames")
-    if args.fps <= 0:
-        raise UsageError(f"--fps must be above 0, got {args.fps:g}; --fps 1 reads a frame a second")
+    # Check the questions and the video before loading a model: bad input fails in a moment.
     args.questions = [_utf8(q, "-q") for q in args.questions]
     video = Video(
         args.video, fps=args.fps, max_frames=args.max_frames, start=args.start, end=args.end
@@ -287,7 +282,6 @@ def _answer_video(args, expected: str | None) -> None:
 def chat(args) -> None:
     from .media import load_image
 
-    _check_counts(args, "max_new_tokens")
     load_image(args.image)  # a bad image fails before the model loads
     vlm = _load(args)
     messages: list[dict] = []

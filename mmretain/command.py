@@ -2,43 +2,95 @@
 
 A user error (bad input, a missing file, a model that cannot be used) prints
 ``PROG: error: MESSAGE`` on stderr and exits with code 2, with no traceback; the message says
-what was wrong and how to fix it. Warnings print as one line too.
+what was wrong and how to fix it. Warnings print as one line too. An argument error is one such
+line, with a pointer to ``--help`` instead of the whole usage (`ArgumentParser`), and every
+number is checked as it is parsed (`whole`, `real`). Ctrl-C exits with code 130.
 """
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import sys
 import warnings
 from collections.abc import Callable
+from typing import NoReturn
 
 from .errors import MMRetainError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (MMRetainError, ValueError, OSError)
+# The largest count a command takes: far above any budget, step or frame count that can run,
+# and small enough that torch never overflows on it.
+MAX_COUNT = 2**31 - 1
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line that points to ``--help``, not the usage.
+
+    Subcommand parsers made with ``add_subparsers`` are of this class too.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def whole(low: int = 1, high: int = MAX_COUNT) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"give a whole number from {low} to {high}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def real(
+    low: float, high: float = math.inf, *, above: bool = False, below: bool = False
+) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number in [low, high]; ``above`` and ``below`` leave out
+    the bounds themselves."""
+    floor = f"above {low:g}" if above else f"at least {low:g}"
+    ceiling = f"below {high:g}" if below else f"at most {high:g}"
+    bounds = floor if math.isinf(high) else f"{floor} and {ceiling}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        # nan fails every comparison; inf (and 1e400, which parses as inf) fails isfinite.
+        fits = (
+            math.isfinite(value)
+            and (value > low if above else value >= low)
+            and (value < high if below else value <= high)
+        )
+        if not fits:
+            raise argparse.ArgumentTypeError(f"give a finite number {bounds}, got {text!r}")
+        return value
+
+    return parse
 
 
 def run_command(
     prog: str, action: Callable[[], object], errors: tuple[type[BaseException], ...] = USER_ERRORS
 ) -> int:
-    """Run ``action`` and return the exit code: 0, or 2 after one line for ``errors``."""
-    from transformers.utils import logging
-
-    from .media import quiet_decoders
-
-    # The command reports its own progress; loading bars and warnings would bury it.
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    # datasets (eval) loads later, if at all, and reads these at import; a user's own stay. Its
-    # error logs only repeat what becomes the command's one error line.
-    os.environ.setdefault("DATASETS_VERBOSITY", "critical")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    quiet_decoders()
+    """Run ``action`` and return the exit code: 0, or 2 after one line for ``errors``, or 130
+    after one line for Ctrl-C, however early it comes."""
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
         print(f"{prog}: warning: {message}", file=sys.stderr)
 
     shown, warnings.showwarning = warnings.showwarning, one_line_warning
     try:
+        _quiet_libraries()  # inside the try: importing transformers takes a second or two
         action()
     except errors as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
@@ -49,3 +101,18 @@ def run_command(
     finally:
         warnings.showwarning = shown
     return 0
+
+
+def _quiet_libraries() -> None:
+    """The command reports its own progress; loading bars and library logs would bury it."""
+    from transformers.utils import logging
+
+    from .media import quiet_decoders
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    # datasets (eval) loads later, if at all, and reads these at import; a user's own stay. Its
+    # error logs only repeat what becomes the command's one error line.
+    os.environ.setdefault("DATASETS_VERBOSITY", "critical")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    quiet_decoders()

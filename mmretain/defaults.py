@@ -19,3 +19,8 @@ POLICY_NAMES = (
     "trimkv",
     "visionzip",
 )
+# The largest relevance-prior weight. Video entries score a quantile in [0, 1) plus the weight
+# times a relevance in [0, 1], in float32: far above 1 the relevance already decides the
+# ranking, and this bound keeps the policy's own order (to ~1e-4) among equally relevant
+# entries, while huge weights overflow to inf and turn empty slots' scores into NaN.
+MAX_PRIOR = 1000.0

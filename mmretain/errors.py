@@ -118,3 +118,7 @@ class UsageError(MMRetainError, ValueError):
 
 class GatesTrainingError(MMRetainError, ValueError):
     """Gate-training settings or inputs that cannot train: a bad option, batch or model mask."""
+
+
+class OutputDirectoryError(MMRetainError, OSError):
+    """An output directory that is a file, or that another run is writing now."""

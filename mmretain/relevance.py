@@ -25,6 +25,7 @@ rank with the policy's best whatever their own score, and at 0 the ranking is th
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 from collections.abc import Iterable, Iterator
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .defaults import MAX_PRIOR
 from .errors import ConfigError, ModelLoadError
 from .policies.base import LayerView, RetentionPolicy
 from .tags import Modality
@@ -45,6 +47,12 @@ if TYPE_CHECKING:
 
 TESTBED_CLIP = "testbed-clip"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+CONFIG_FILE = "open_clip_config.json"
+# open_clip config fields that make it fetch from a hub (a Hugging Face text tower, timm's
+# pretrained vision weights); a tokenizer by hub name too, unless it is saved beside a local
+# config (open_clip then reads it from there).
+HUB_FIELDS = (("text_cfg", "hf_model_name"), ("vision_cfg", "timm_model_pretrained"))
+HUB_TOKENIZER = ("text_cfg", "hf_tokenizer_name")
 
 
 @dataclass(frozen=True)
@@ -74,8 +82,16 @@ class Relevance:
 
     def __post_init__(self) -> None:
         prior = self.prior
-        if isinstance(prior, bool) or not isinstance(prior, (int, float)) or not prior >= 0:
-            raise ConfigError(f"relevance prior must be a weight >= 0, got {prior!r}")
+        # Written so that nan fails too; inf and huge weights overflow the float32 scores.
+        if (
+            isinstance(prior, bool)
+            or not isinstance(prior, (int, float))
+            or not 0 <= prior <= MAX_PRIOR
+        ):
+            raise ConfigError(
+                f"relevance prior must be a weight >= 0 and <= {MAX_PRIOR:g}, got {prior!r}; "
+                "1.0 ranks the most relevant frames with the policy's best entries"
+            )
         for name, low in (("retrieve", 0), ("context_frames", 0), ("batch_frames", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -92,7 +108,9 @@ class Relevance:
 def load_clip(model: str, pretrained: str | Path | None = None) -> tuple[Any, Any, Any]:
     """An open_clip model (eval mode), its image preprocessing and its tokenizer, offline.
 
-    Weights load from safetensors only; a pickled checkpoint raises `ModelLoadError`.
+    Weights load from safetensors only; a pickled checkpoint raises `ModelLoadError`. Nothing
+    is fetched from a hub: a model whose config needs a hub text tower, tokenizer or weights is
+    refused, naming the field, before anything is built.
     """
     import open_clip
 
@@ -100,6 +118,11 @@ def load_clip(model: str, pretrained: str | Path | None = None) -> tuple[Any, An
         from .testbed import clip_path  # the shipped test-bed CLIP
 
         model = str(clip_path())
+    if model.startswith("hf-hub:"):
+        raise ConfigError(
+            f"open_clip model {model!r} is a hub name; mmretain loads offline: download the "
+            f"folder (with {CONFIG_FILE} and safetensors weights) and give its path"
+        )
     directory = Path(model).expanduser()
     if directory.is_dir():
         if pretrained is not None:
@@ -107,6 +130,7 @@ def load_clip(model: str, pretrained: str | Path | None = None) -> tuple[Any, An
                 f"{model} is a model directory, which brings its own weights; drop pretrained"
             )
         name, weights = f"local-dir:{directory}", _safetensors_in(directory)
+        _refuse_hub_fields(_local_config(directory), f"{directory / CONFIG_FILE}", HUB_FIELDS)
     else:
         if pretrained is None:
             raise ConfigError(
@@ -114,13 +138,19 @@ def load_clip(model: str, pretrained: str | Path | None = None) -> tuple[Any, An
                 "(.safetensors) or a directory holding one"
             )
         name, weights = model, _safetensors_in(Path(pretrained).expanduser())
+        config = open_clip.get_model_config(model) or {}  # unknown names fail below, in one line
+        where = f"open_clip's config of {model!r}"
+        _refuse_hub_fields(config, where, (*HUB_FIELDS, HUB_TOKENIZER))
     try:
         # Weights load below, from the safetensors file checked above; open_clip's own loader
         # could take a pickle from the directory, and warns of a random model while it is one.
         with _quiet_root_logger():
             clip, _, preprocess = open_clip.create_model_and_transforms(name, load_weights=False)
+        _check_fits(clip, weights, model)
         open_clip.load_checkpoint(clip, str(weights))
         tokenizer = open_clip.get_tokenizer(name)
+    except ModelLoadError:
+        raise
     except (OSError, RuntimeError, ValueError, KeyError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ModelLoadError(
@@ -129,6 +159,60 @@ def load_clip(model: str, pretrained: str | Path | None = None) -> tuple[Any, An
             "open_clip.list_models() and its safetensors weights"
         ) from error
     return clip.eval(), preprocess, tokenizer
+
+
+def _local_config(directory: Path) -> dict[str, Any]:
+    """The ``model_cfg`` of a model directory's open_clip config."""
+    path = directory / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())["model_cfg"]
+        if not isinstance(config, dict):
+            raise TypeError("model_cfg is not a JSON object")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelLoadError(
+            f"{path} cannot be read as an open_clip config ({error}); a model directory holds "
+            f"{CONFIG_FILE} with a model_cfg object, as open_clip saves it"
+        ) from None
+    return config
+
+
+def _refuse_hub_fields(
+    config: dict[str, Any], where: str, fields: tuple[tuple[str, str], ...]
+) -> None:
+    """Raise `ConfigError` naming the first of ``fields`` that would make open_clip fetch from a
+    hub."""
+    for tower, field in fields:
+        value = (config.get(tower) or {}).get(field)
+        if value:
+            raise ConfigError(
+                f"{where} sets {tower}.{field} = {value!r}, which open_clip fetches from a hub; "
+                "mmretain loads offline: use a model whose towers and tokenizer are open_clip's "
+                "own, or a folder that holds them"
+            )
+
+
+def _check_fits(clip: torch.nn.Module, weights: Path, model: str) -> None:
+    """Raise `ModelLoadError` unless ``weights`` is a safetensors file holding every tensor of
+    ``clip`` in its shape (read from its header alone)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(weights, "pt") as tensors:
+            shapes = {key: tuple(tensors.get_slice(key).get_shape()) for key in tensors.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as error:
+        raise ModelLoadError(
+            f"{weights} is not a safetensors file ({error}); mmretain loads no pickled "
+            "checkpoint: give the model's .safetensors weights"
+        ) from None
+    # open_clip's loader adds a zero logit_bias to weights saved without one.
+    expected = {k: tuple(v.shape) for k, v in clip.state_dict().items() if k != "logit_bias"}
+    unfit = [k for k, shape in expected.items() if shapes.get(k) != shape]
+    if unfit:
+        found = ", ".join(f"{k} {shapes.get(k, 'missing')} for {expected[k]}" for k in unfit[:2])
+        raise ModelLoadError(
+            f"the weights {weights} do not fit open_clip model {model!r} ({len(unfit)} tensors "
+            f"differ, e.g. {found}); give the weights saved from this architecture"
+        )
 
 
 @contextmanager

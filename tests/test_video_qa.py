@@ -186,14 +186,8 @@ def test_cli_video_qa_table(checkpoint, video_file, capsys):
     ("args", "message"),
     [
         (["missing.mp4"], "not found"),
-        (["--fps", "0"], "--fps must be above 0, got 0; --fps 1 reads a frame a second"),
-        (["--max-frames", "0"], "--max-frames must be at least 1, got 0"),
         (["--budget", "-3"], "budget"),
         (["--policy", "nope"], "registered policies"),
-        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
-        (["--max-new-tokens", "-1"], "--max-new-tokens must be at least 1"),
-        (["--chunk-frames", "0"], "--chunk-frames must be at least 1"),
-        (["--chunk-frames", "-4"], "--chunk-frames must be at least 1"),
         (["-q", "what \udcff ?"], "-q holds bytes that are not UTF-8 text"),
     ],
 )
@@ -204,6 +198,27 @@ def test_cli_bad_input_is_one_line_and_exit_2(checkpoint, video_file, capsys, ar
     assert code == 2
     assert err.startswith("mmretain: error:") and err.count("\n") == 1
     assert message in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fps", "0"], "argument --fps: give a finite number above 0, got '0'"),
+        (["--fps", "inf"], "argument --fps: give a finite number above 0, got 'inf'"),
+        (["--max-frames", "0"], "argument --max-frames: give a whole number from 1"),
+        (["--max-new-tokens", "0"], "argument --max-new-tokens: give a whole number from 1"),
+        (["--max-new-tokens", "-1"], "argument --max-new-tokens: give a whole number from 1"),
+        (["--chunk-frames", "0"], "argument --chunk-frames: give a whole number from 1"),
+        (["--chunk-frames", "-4"], "argument --chunk-frames: give a whole number from 1"),
+    ],
+)
+def test_cli_numbers_are_checked_as_they_are_parsed(video_file, capsys, args, message):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["video-qa", str(video_file), "-q", "what ?", *args])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2
+    assert err.startswith("mmretain video-qa: error:") and err.count("\n") == 1
+    assert message in err and err.rstrip().endswith("(see mmretain video-qa --help)")
 
 
 def test_cli_text_file_is_not_a_video(checkpoint, tmp_path, capsys):

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..cli import DEFAULT_MODEL
-from ..command import run_command
+from ..command import ArgumentParser, real, run_command, whole
 from ..defaults import POLICY_NAMES
 from .tasks import SUITES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmretain eval", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="mmretain eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", choices=SUITES, help="which benchmarks (required to run)")
     parser.add_argument(
         "--tasks",
@@ -46,29 +46,43 @@ def build_parser() -> argparse.ArgumentParser:
         "the full cache ignores them",
     )
     parser.add_argument(
-        "--limit", type=int, default=None, help="samples per task (spread over a benchmark split)"
+        "--limit",
+        type=whole(1),
+        default=None,
+        help="samples per task (spread over a benchmark split)",
     )
     parser.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
     parser.add_argument("--data-dir", type=Path, default=None, help="folder of local datasets")
     parser.add_argument("--video-dir", type=Path, default=None, help="root of the video files")
-    parser.add_argument("--fps", type=float, default=1.0, help="video frames sampled per second")
-    parser.add_argument("--max-frames", type=int, default=None, help="cap on frames per video")
-    parser.add_argument("--chunk-frames", type=int, default=16, help="frames prefilled per chunk")
     parser.add_argument(
-        "--max-new-tokens", type=int, default=None, help="default: each task's own (lmms-eval's)"
+        "--fps", type=real(0, above=True), default=1.0, help="video frames sampled per second"
+    )
+    parser.add_argument("--max-frames", type=whole(1), default=None, help="cap on frames per video")
+    parser.add_argument(
+        "--chunk-frames", type=whole(1), default=16, help="frames prefilled per chunk"
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=whole(1),
+        default=None,
+        help="default: each task's own (lmms-eval's)",
     )
     parser.add_argument("--allocation", choices=("global", "layer", "uniform"), default=None)
-    parser.add_argument("--sink", type=int, default=0, help="first tokens protected (default 0)")
-    parser.add_argument("--recent", type=int, default=0, help="last tokens protected (default 0)")
+    parser.add_argument(
+        "--sink", type=whole(0), default=0, help="first tokens protected (default 0)"
+    )
+    parser.add_argument(
+        "--recent", type=whole(0), default=0, help="last tokens protected (default 0)"
+    )
     parser.add_argument(
         "--chunk-tokens",
-        type=int,
+        type=whole(1),
         default=None,
         help="prefill this many tokens per forward, evicting after each (default: one forward)",
     )
     parser.add_argument("--dtype", default=None, help="model dtype, e.g. bfloat16")
     parser.add_argument(
-        "--pictures", type=int, default=1, help="retention pictures for the first N samples"
+        "--pictures", type=whole(0), default=1, help="retention pictures for the first N samples"
     )
     parser.add_argument(
         "--report-only",
@@ -86,19 +100,19 @@ def run(args: argparse.Namespace) -> None:
     # Imported here so that `--help` and argument errors come back without loading torch.
     from . import report
     from .grid import RunSettings, cells
-    from .runner import Locations, evaluate
+    from .lock import output_lock
+    from .runner import Locations, Shard, evaluate
     from .tasks import select_tasks
 
     if args.report_only:
         if not (args.out / "rows").is_dir():
             raise FileNotFoundError(f"no rows under {args.out / 'rows'}: run the evaluation first")
-        report.write_report(args.out)
+        with output_lock(args.out):
+            report.write_report(args.out)
         print(f"wrote {args.out / 'report.md'}")
         return
     if args.suite is None:
         raise ValueError("give --suite (vqa, video or testbed), or --report-only")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {args.limit}")
     names, paths = [], {}
     for item in _split(args.tasks):
         name, _, path = item.partition("=")
@@ -119,15 +133,19 @@ def run(args: argparse.Namespace) -> None:
     )
     grid = cells(_split(args.policies), _split(args.budgets), settings)
     tasks = select_tasks(args.suite, names)
-    results = evaluate(
-        args.out,
-        tasks,
-        grid,
-        settings,
-        limit=args.limit,
-        locations=Locations(paths, args.data_dir, args.video_dir),
-        pictures=args.pictures,
-    )
+    shard = Shard.current()
+    # Two runs appending to one folder would each score every sample.
+    with output_lock(args.out, shard.rank):
+        results = evaluate(
+            args.out,
+            tasks,
+            grid,
+            settings,
+            limit=args.limit,
+            locations=Locations(paths, args.data_dir, args.video_dir),
+            shard=shard,
+            pictures=args.pictures,
+        )
     if results is not None:
         print(f"wrote {args.out / 'report.md'}")
 

@@ -35,9 +35,14 @@ class RunSettings:
     # seen so far (folders without this field) are not resumed into a run where it means the
     # whole prompt.
     fraction_of: str = "prompt"
-    # How the budget binds. "ceiling": protections live inside it and decoding never passes it;
-    # folders made before (without this field) are not resumed into such a run.
-    budget_rule: str = "ceiling"
+    # How the budget binds. "ceiling, protections in half": protections live inside it and take
+    # at most half of each share, and decoding never passes it; folders made under an earlier
+    # rule are not resumed into such a run.
+    budget_rule: str = "ceiling, protections in half"
+    # What stands for the assistant's earlier turns of a conversation: the model's own replies,
+    # so the cache carries over turn to turn (folders made with the recorded replies, which
+    # restarted the conversation, are not resumed).
+    earlier_replies: str = "the model's"
 
     @property
     def media(self) -> MediaSettings:

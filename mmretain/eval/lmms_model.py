@@ -22,14 +22,17 @@ model_args: ``pretrained`` (a checkpoint directory, a hub id, or ``testbed``), `
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..api import Answer, load
+from ..command import real, whole
 from ..config import RetentionConfig
 from ..defaults import AUTO, DEFAULT_BUDGET
 from ..errors import ConfigError, MediaError
@@ -87,10 +90,15 @@ class RetainedLMM(lmms):
                 "fps, max_frames, chunk_frames, dtype, device, stats and the RetentionConfig "
                 f"fields {', '.join(sorted(fields))}"
             )
+        # Checked before the model loads: lmms-eval hands them over as it parsed them.
+        self.fps = _model_arg("fps", fps, real(0, above=True))
+        self.max_frames = (
+            None if max_frames is None else _model_arg("max_frames", max_frames, whole(1))
+        )
+        self.chunk_frames = _model_arg("chunk_frames", chunk_frames, whole(1))
         self.vlm = load(
             str(pretrained), policy=policy, budget=budget, device_map=device, dtype=dtype, **options
         )
-        self.fps, self.max_frames, self.chunk_frames = fps, max_frames, chunk_frames
         self.batch_size = 1
         self.stats_path = Path(stats) if stats else _beside_results(str(pretrained))
 
@@ -165,6 +173,15 @@ class RetainedLMM(lmms):
             "the mmretain model answers single-round tasks; choose a task whose output_type is "
             "generate_until"
         )
+
+
+def _model_arg(name: str, value: Any, parse: Callable[[str], Any]) -> Any:
+    """``value`` as ``parse`` reads its text (lmms-eval passes numbers or strings), or a
+    `ConfigError` naming the model_arg."""
+    try:
+        return parse(str(value))
+    except argparse.ArgumentTypeError as error:
+        raise ConfigError(f"model_args {name}: {error}") from None
 
 
 def _parts(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

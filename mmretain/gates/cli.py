@@ -22,13 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-from ..command import USER_ERRORS, run_command
+from ..command import USER_ERRORS, ArgumentParser, real, run_command, whole
 
 PROG = "mmretain train-gates"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Train retention gates (TRIM-KV, or tied for one global ranking) for a "
         "frozen model by distillation under a KV capacity loss.",
@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="'testbed' (the test-bed suites) or a directory of *.jsonl / *.safetensors batches",
     )
-    parser.add_argument("--budget", type=int, required=True, help="capacity M in tokens")
-    parser.add_argument("--steps", type=int, required=True, help="optimizer steps")
+    parser.add_argument("--budget", type=whole(1), required=True, help="capacity M in tokens")
+    parser.add_argument("--steps", type=whole(1), required=True, help="optimizer steps")
     parser.add_argument("--out", type=Path, required=True, help="directory for the gates")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     variant = parser.add_mutually_exclusive_group()
@@ -54,16 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     variant.add_argument(
         "--untied", dest="tied", action="store_false", help="TRIM-KV gates, for policy 'trimkv'"
     )
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--checkpoint-every", type=int, default=100)
-    parser.add_argument("--width", type=int, default=512, help="hidden width of each gate")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=real(0, above=True), default=1e-3)
+    parser.add_argument("--checkpoint-every", type=whole(1), default=100)
+    parser.add_argument("--width", type=whole(1), default=512, help="hidden width of each gate")
+    parser.add_argument("--seed", type=whole(0), default=0)
     parser.add_argument(
-        "--accumulate", type=int, default=1, help="batches per optimizer step and process"
+        "--accumulate", type=whole(1), default=1, help="batches per optimizer step and process"
     )
     parser.add_argument(
         "--floor",
-        type=float,
+        type=real(0, 1, below=True),
         default=0.0,
         help="share of the budget every head is asked to keep, in [0, 1) (tied gates)",
     )
@@ -95,16 +95,22 @@ def train(args: argparse.Namespace, argv: list[str]) -> None:
     from ..api import load_model
     from ..location import checkpoint_location
     from .data import BatchDirectory, testbed_batches
-    from .train import train_gates
+    from .train import check_settings, train_gates
 
     start = time.perf_counter()
-    # Bad input fails before the weights load: a batch folder first, then where the model is
-    # ("testbed" names the shipped one) and its family (the test-bed batches need its processor).
+    # Bad input fails before the weights load: the settings, a batch folder, then where the
+    # model is ("testbed" names the shipped one), its family (the test-bed batches need its
+    # processor) and its vocabulary (the batches' ids must be in it).
+    names = ("budget", "steps", "width", "checkpoint_every", "accumulate", "out")
+    check_settings(**{name: getattr(args, name) for name in names})
     batches = None if args.data == "testbed" else BatchDirectory(args.data)
     model, local = checkpoint_location(args.model)
-    adapter_class(AutoConfig.from_pretrained(model, local_files_only=local), model)
+    config = AutoConfig.from_pretrained(model, local_files_only=local)
+    adapter_class(config, model)
     if batches is None:
         batches = testbed_batches(model)
+    else:
+        batches.check_vocabulary(config.get_text_config().vocab_size)
     train_gates(
         load_model(model, dtype=args.dtype),
         batches,

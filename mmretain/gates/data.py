@@ -12,6 +12,9 @@ prompt, media and padding.
 - ``*.safetensors``: one ready batch per file, tensors named as above (any batch size, media
   inputs included).
 
+Token ids are integers [batch, tokens]; media given as flattened patches (``pixel_values`` or
+``pixel_values_videos`` of rank 2) come with their grid (``image_grid_thw``, ``video_grid_thw``).
+
 `testbed_batches` draws batches from the test-bed suites of `mmretain.testbed`.
 """
 
@@ -28,10 +31,16 @@ from safetensors.torch import load_file
 from ..errors import GatesTrainingError
 
 TARGET_MASK = "target_mask"
+# Media as flattened patches [patches, dim], and the grid that says how they lay out.
+GRIDS = {"pixel_values": "image_grid_thw", "pixel_values_videos": "video_grid_thw"}
 
 
 class BatchDirectory:
-    """The batches stored in a directory (format in the module docstring); re-iterable."""
+    """The batches stored in a directory (format in the module docstring); re-iterable.
+
+    Every batch is checked when the directory is opened; `check_vocabulary` then checks the
+    token ids against a model's vocabulary.
+    """
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
@@ -46,13 +55,31 @@ class BatchDirectory:
                 "see mmretain.gates.data for the format"
             )
         # Every batch is checked now, so a malformed one fails before training, naming itself:
-        # a safetensors file by its header alone (its tensors load when training reaches it).
+        # a safetensors file by its header and its ids and grids (the media load when training
+        # reaches it). The range of each batch's ids is kept for `check_vocabulary`.
+        self.id_ranges: dict[str, tuple[int, int]] = {}
         for path in self.files:
             if path.suffix == ".safetensors":
-                _check(_read(path, _header_shapes), str(path))
+                self._check(_read(path, _small_tensors), str(path))
             else:
-                for _ in _json_batches(path):
+                for _ in _json_batches(path, self._check):
                     pass
+
+    def _check(self, batch: dict[str, torch.Tensor | tuple[int, ...]], where: str) -> None:
+        _check(batch, where)
+        ids = batch["input_ids"]
+        if ids.numel():
+            self.id_ranges[where] = (int(ids.min()), int(ids.max()))
+
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """Raise `GatesTrainingError` naming the first batch with an id outside [0, vocab_size)."""
+        for where, (low, high) in self.id_ranges.items():
+            if low < 0 or high >= vocab_size:
+                raise GatesTrainingError(
+                    f"batch {where} holds token ids from {low} to {high}, outside the model's "
+                    f"vocabulary (0 to {vocab_size - 1}); tokenize the data with this model's "
+                    "tokenizer"
+                )
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for path in self.files:
@@ -70,18 +97,26 @@ def _read(path: Path, read):
         raise GatesTrainingError(f"batch {path} cannot be read: {error}") from None
 
 
-def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+def _small_tensors(path: Path) -> dict[str, torch.Tensor | tuple[int, ...]]:
+    """A safetensors batch's ids and grids as tensors, its other tensors (media) as shapes."""
+    small = {"input_ids", *GRIDS.values()}
     with safe_open(path, "pt") as tensors:
-        return {name: tuple(tensors.get_slice(name).get_shape()) for name in tensors.keys()}  # noqa: SIM118
+        return {
+            name: tensors.get_tensor(name)
+            if name in small
+            else tuple(tensors.get_slice(name).get_shape())
+            for name in tensors.keys()  # noqa: SIM118
+        }
 
 
-def _json_batches(path: Path) -> Iterator[dict[str, torch.Tensor]]:
+def _json_batches(path: Path, check=None) -> Iterator[dict[str, torch.Tensor]]:
+    """The batches of a jsonl file, each passed to ``check(batch, where)`` (default `_check`)."""
     with path.open() as lines:
         for number, line in enumerate(lines, start=1):
             if line.strip():
                 where = f"{path}:{number}"
                 batch = _json_batch(line, where)
-                _check({name: tuple(t.shape) for name, t in batch.items()}, where)
+                (check or _check)(batch, where)
                 yield batch
 
 
@@ -96,16 +131,50 @@ def _json_batch(line: str, where: str) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _check(shapes: dict[str, tuple[int, ...]], where: str) -> None:
-    """A batch (given by its tensors' shapes) has input_ids and a target_mask of their shape."""
-    missing = {"input_ids", TARGET_MASK} - set(shapes)
+def _check(batch: dict[str, torch.Tensor | tuple[int, ...]], where: str) -> None:
+    """A batch (its tensors, or of some only their shapes) has integer input_ids [batch, tokens],
+    a target_mask of their shape, and a grid beside media given as flattened patches."""
+    missing = {"input_ids", TARGET_MASK} - set(batch)
     if missing:
         raise GatesTrainingError(f"batch {where} lacks {sorted(missing)}")
+    shapes = {name: _shape(value) for name, value in batch.items()}
+    ids = batch["input_ids"]
+    if len(shapes["input_ids"]) != 2:
+        raise GatesTrainingError(
+            f"batch {where}: input_ids {shapes['input_ids']} must be [batch, tokens]: a JSON "
+            "line holds one flat list of ids, a safetensors batch a 2-D tensor"
+        )
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise GatesTrainingError(
+            f"batch {where}: input_ids are {ids.dtype}, not integers; store token ids as whole "
+            "numbers (int64)"
+        )
     if shapes[TARGET_MASK] != shapes["input_ids"]:
         raise GatesTrainingError(
             f"batch {where}: target_mask {shapes[TARGET_MASK]} must have the shape "
             f"of input_ids {shapes['input_ids']}"
         )
+    for media, grid in GRIDS.items():
+        if media in shapes and len(shapes[media]) == 2:
+            _check_grid(shapes[media], batch.get(grid), f"batch {where}: {media}", grid)
+
+
+def _check_grid(patches: tuple[int, ...], grid: torch.Tensor | None, what: str, name: str) -> None:
+    """Flattened patches [n, dim] come with a grid [media, 3] whose t·h·w sum to n."""
+    if grid is None:
+        raise GatesTrainingError(
+            f"{what} are flattened patches {patches} without {name}; save the processor's "
+            f"{name} with them"
+        )
+    if grid.dim() != 2 or grid.shape[1] != 3 or int(grid.prod(dim=1).sum()) != patches[0]:
+        raise GatesTrainingError(
+            f"{what}: {name} {tuple(grid.shape)} does not describe its {patches[0]} patches; "
+            "save the processor's output unchanged"
+        )
+
+
+def _shape(value: torch.Tensor | tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else value
 
 
 def testbed_batches(model_path: str, *, seed: int = 0) -> Iterable[dict[str, torch.Tensor]]:

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import GatesTrainingError
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, load_gates, save_checkpoint
 from .data import batch_stream
 from .loss import LossTerms, distillation_loss
 from .retention_gates import GatesConfig, RetentionGates
@@ -67,13 +67,14 @@ def train_gates(
     ``checkpointing`` are those of `distillation_loss`. The model keeps its dtype (bf16 halves
     its memory); the gates train in float32.
     """
-    if budget < 1 or steps < 0 or checkpoint_every < 1 or accumulate < 1:
-        raise GatesTrainingError(
-            f"budget, checkpoint_every and accumulate must be >= 1 and steps >= 0; got "
-            f"budget={budget}, checkpoint_every={checkpoint_every}, accumulate={accumulate}, "
-            f"steps={steps}"
-        )
-    out = Path(out)
+    out = check_settings(
+        budget=budget,
+        steps=steps,
+        width=width,
+        checkpoint_every=checkpoint_every,
+        accumulate=accumulate,
+        out=out,
+    )
     accelerator = Accelerator()
     settings = {"budget": budget, "tied": tied, "accumulate": accumulate, "floor": floor}
     checkpoint = latest_checkpoint(out) if resume else None
@@ -83,7 +84,7 @@ def train_gates(
             torch.manual_seed(seed)
             gates = RetentionGates(config)
     else:
-        gates = RetentionGates.from_pretrained(checkpoint, model=model)
+        gates = load_gates(checkpoint, model)
     if not hasattr(model, "hf_device_map"):  # a model split over devices stays where it is
         model.to(accelerator.device)
     gates.to(accelerator.device).train()
@@ -129,6 +130,30 @@ def train_gates(
         gates.save_pretrained(out)
     accelerator.wait_for_everyone()
     return gates
+
+
+def check_settings(
+    *, budget: int, steps: int, width: int, checkpoint_every: int, accumulate: int, out: str | Path
+) -> Path:
+    """``out`` as a path, once the settings can train (`train_gates` checks them first; the
+    command, before it loads a model). Steps may be 0: the initial gates."""
+    counts = {
+        "budget": budget,
+        "width": width,
+        "checkpoint_every": checkpoint_every,
+        "accumulate": accumulate,
+    }
+    if min(counts.values()) < 1 or steps < 0:
+        raise GatesTrainingError(
+            "budget, width, checkpoint_every and accumulate must be >= 1 and steps >= 0; got "
+            + ", ".join(f"{name}={value}" for name, value in {**counts, "steps": steps}.items())
+        )
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GatesTrainingError(
+            f"the output {out} is a file; give a directory (new or holding earlier gates) to --out"
+        )
+    return out
 
 
 def _step(
