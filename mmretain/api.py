@@ -24,7 +24,12 @@ from .cache import RetentionStats
 from .config import RetentionConfig
 from .defaults import AUTO, DEFAULT_BUDGET
 from .engine import RetentionRun
-from .errors import ConversationRestartWarning, FrameSamplingError, ModelLoadError
+from .errors import (
+    ConfigError,
+    ConversationRestartWarning,
+    FrameSamplingError,
+    ModelLoadError,
+)
 from .location import checkpoint_location
 from .session import Session
 from .streaming import VideoProgress, stream_video
@@ -100,6 +105,13 @@ class RetainedVLM:
         config = copy.deepcopy(config) or GenerationConfig(
             max_new_tokens=max_new_tokens, do_sample=False
         )
+        if (config.num_beams or 1) > 1 or (config.num_return_sequences or 1) > 1:
+            # A session's cache holds one sequence; beams would need one branch each.
+            raise ConfigError(
+                f"one reply per call is supported (num_beams={config.num_beams}, "
+                f"num_return_sequences={config.num_return_sequences}); set both to 1, or "
+                "sample several replies one call at a time"
+            )
         if config.eos_token_id is None:
             ids = self.model.generation_config.eos_token_id
             ids = [ids] if isinstance(ids, int) else list(ids or [])

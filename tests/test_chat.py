@@ -81,6 +81,20 @@ def test_three_turns_with_the_models_own_replies_carry_the_cache_over(checkpoint
     assert answer.stats.evictions > 0
 
 
+@pytest.mark.parametrize(
+    "options", [{"num_beams": 3}, {"do_sample": True, "num_return_sequences": 2}]
+)
+def test_beam_search_is_refused_with_the_fix(checkpoint, options):
+    from transformers import GenerationConfig
+
+    from mmretain.errors import ConfigError
+
+    vlm = load(checkpoint, policy="snapkv", budget=0.5)
+    asked = [{"role": "user", "content": [{"type": "text", "text": "what shape is it ?"}]}]
+    with pytest.raises(ConfigError, match="one reply per call"):
+        vlm.chat(asked, generation_config=GenerationConfig(max_new_tokens=2, **options))
+
+
 def test_a_changed_earlier_turn_restarts_with_a_warning_and_counts(checkpoint):
     vlm = load(checkpoint, policy="snapkv", budget=0.5)
     first = [{"role": "user", "content": [{"type": "text", "text": "what shape is it ?"}]}]
