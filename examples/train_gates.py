@@ -30,7 +30,8 @@ def accuracy(vlm: mmretain.RetainedVLM, task: str, samples: int) -> tuple[float,
     for index in range(samples):
         reference = data.reference(index)
         sample = data.sample(index, reference, None)
-        (answer,) = vlm.answer_video(sample.video, sample.prompt, max_new_tokens=2)
+        # Every answer is one word: its first token decides it, as in eval/gates_testbed.py.
+        (answer,) = vlm.answer_video(sample.video, sample.prompt, max_new_tokens=1)
         right += answer.text.strip() == reference.answer
         held += answer.stats.entries_kept / (answer.stats.tokens_seen * answer.stats.slots)
     return right / samples, held / samples

@@ -155,6 +155,8 @@ class RetainedVLM:
         """
         start = time.perf_counter()
         images = [media.load_image(c["image"]) for c in _contents(messages, "image")]
+        for image, part in zip(images, _contents(messages, "image"), strict=True):
+            self.run.adapter.check_frame_size(image.width, image.height, part["image"])
 
         def render(conversation: Messages, reply_next: bool = True) -> dict[str, torch.Tensor]:
             text = self.processor.apply_chat_template(

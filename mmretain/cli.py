@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from .command import ArgumentParser, real, run_command, whole
+from .command import ArgumentParser, kv_budget, real, run_command, whole
 from .defaults import AUTO, DEFAULT_BUDGET, MAX_PRIOR, POLICY_NAMES
 from .errors import UsageError
 
@@ -48,6 +48,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--budget",
+        type=kv_budget,
         default=str(DEFAULT_BUDGET),
         help=f"KV budget: tokens (1024), a fraction of the prompt (0.1) or bytes (512MiB); "
         f"default {DEFAULT_BUDGET}",

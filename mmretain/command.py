@@ -4,7 +4,7 @@ A user error (bad input, a missing file, a model that cannot be used) prints
 ``PROG: error: MESSAGE`` on stderr and exits with code 2, with no traceback; the message says
 what was wrong and how to fix it. Warnings print as one line too. An argument error is one such
 line, with a pointer to ``--help`` instead of the whole usage (`ArgumentParser`), and every
-number is checked as it is parsed (`whole`, `real`). Ctrl-C exits with code 130.
+number is checked as it is parsed (`whole`, `real`, `kv_budget`). Ctrl-C exits with code 130.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from .errors import MMRetainError
@@ -33,6 +33,16 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # A type may import a library as it parses (`kv_budget` imports torch): Ctrl-C then
+        # comes before `run_command` can catch it.
+        try:
+            return super().parse_known_args(args, namespace)
+        except KeyboardInterrupt:
+            self.exit(130, f"{self.prog}: interrupted\n")
 
 
 def whole(low: int = 1, high: int = MAX_COUNT) -> Callable[[str], int]:
@@ -77,6 +87,23 @@ def real(
         return value
 
     return parse
+
+
+def kv_budget(text: str) -> str:
+    """An argparse ``type``: a KV budget as `Budget.parse` reads it, in tokens (at most
+    `MAX_COUNT`), a fraction of the prompt or bytes; the text is kept as given."""
+    from .budget import Budget  # imports torch: only a command that takes a budget pays for it
+
+    try:
+        budget = Budget.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if budget.kind == "tokens" and budget.value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(
+            f"budget of {text} tokens is more than {MAX_COUNT}; give fewer tokens, a fraction "
+            "of the prompt (0.1) or bytes (512MiB)"
+        )
+    return text
 
 
 def run_command(

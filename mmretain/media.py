@@ -478,21 +478,33 @@ class _DecordVideo:
         self.info = VideoInfo(path, fps, frames, frames / fps, width, height, "decord")
 
     def chunks(self, indices: list[int], chunk_frames: int) -> Iterator[np.ndarray]:
+        shape = (self.info.height, self.info.width, 3)
         for start in range(0, len(indices), chunk_frames):
             wanted = indices[start : start + chunk_frames]
             try:
-                yield self._reader.get_batch(wanted).asnumpy()
+                batch = self._reader.get_batch(wanted).asnumpy()
             except (decord.DECORDError, RuntimeError):
-                # A batch fails as a whole; keep the frames before the damage, one at a time.
-                good = []
-                for index in wanted:
-                    try:
-                        good.append(self._reader[index].asnumpy())
-                    except (decord.DECORDError, RuntimeError):
-                        break
-                if good:
-                    yield np.stack(good)
+                batch = self._frames_before_damage(wanted, shape)
+            if batch.shape[1:] != shape:
+                # decord pads the rows of some frame widths (2, 16, 48 or 72 pixels, among
+                # others) and hands the padding back as channels; PyAV reads them as they are.
+                with closing(_open_video(self.info.path, "pyav")) as video:
+                    yield from video.chunks(indices[start:], chunk_frames)
                 return
+            if len(batch):
+                yield batch
+            if len(batch) < len(wanted):
+                return
+
+    def _frames_before_damage(self, wanted: list[int], shape: tuple[int, ...]) -> np.ndarray:
+        """A batch fails as a whole; keep the frames before the damage, one at a time."""
+        good = []
+        for index in wanted:
+            try:
+                good.append(self._reader[index].asnumpy())
+            except (decord.DECORDError, RuntimeError):
+                break
+        return np.stack(good) if good else np.empty((0, *shape), np.uint8)
 
     def close(self) -> None:
         self._reader = None  # decord frees its demuxer and decoder with the last reference

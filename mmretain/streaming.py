@@ -58,6 +58,7 @@ def stream_video(
     A file cut short leaves the video shorter than planned: the budget follows what streamed.
     """
     adapter = session.adapter
+    adapter.check_frame_size(video.info.width, video.info.height, video.info.path)
     cache = session.cache
     total = len(video.indices)
     chunk_frames = adapter.round_chunk_frames(chunk_frames)

@@ -5,6 +5,7 @@ plugin's model_args. Each ends in exit 2 (130 for Ctrl-C) and one stderr line, n
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -388,6 +390,16 @@ def test_a_pickle_named_safetensors_is_refused_unread(tmp_path, capsys, monkeypa
 
 
 # -- the lmms-eval plugin checks its model_args when it is built ---------------------------------
+def build_plugin(capsys, **model_args) -> tuple[int, str]:
+    """The plugin built as lmms-eval builds it: its exit code and stderr when it refuses."""
+    pytest.importorskip("lmms_eval")
+    from mmretain.eval.lmms_model import RetainedLMM
+
+    with pytest.raises(SystemExit) as done:
+        RetainedLMM(**model_args)
+    return done.value.code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
@@ -396,14 +408,9 @@ def test_a_pickle_named_safetensors_is_refused_unread(tmp_path, capsys, monkeypa
         ({"chunk_frames": 0}, "model_args chunk_frames: give a whole number from 1"),
     ],
 )
-def test_the_plugin_checks_frame_args_before_loading(args, fragment):
-    pytest.importorskip("lmms_eval")
-    from mmretain.errors import ConfigError
-    from mmretain.eval.lmms_model import RetainedLMM
-
-    with pytest.raises(ConfigError) as error:
-        RetainedLMM(pretrained="/no/such/model", **args)
-    assert fragment in str(error.value)
+def test_the_plugin_checks_frame_args_before_loading(capsys, args, fragment):
+    code, err = build_plugin(capsys, pretrained="/no/such/model", **args)
+    one_line(code, err, f"mmretain: error: {fragment}")
 
 
 @pytest.mark.parametrize("chunk_frames", [0, -3, 2.5])
@@ -415,3 +422,136 @@ def test_answer_video_refuses_a_chunk_of_no_frames(chunk_frames, tmp_path):
     vlm = mmretain.load("testbed")
     with pytest.raises(FrameSamplingError, match="chunk_frames must be"):
         vlm.answer_video(tmp_path / "needle.mp4", info["question"], chunk_frames=chunk_frames)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        ({"budget": "abc"}, "budget could not be read, got 'abc'"),
+        ({"policy": "nope"}, "nope"),
+        ({"pretrained": "/nonexistent"}, "/nonexistent"),
+    ],
+)
+def test_the_plugins_load_errors_are_one_line_and_exit_2(capsys, args, fragment):
+    code, err = build_plugin(capsys, **args)
+    one_line(code, err, fragment)
+    assert err.startswith("mmretain: error: ")
+
+
+def test_lmms_eval_exits_2_in_one_line_on_bad_model_args(tmp_path):
+    """lmms-eval catches what the model raises while it is built, prints a traceback and exits
+    0: the plugin's argument errors must still reach the user."""
+    pytest.importorskip("lmms_eval")
+    command = [sys.executable, "-m", "lmms_eval", "--model", "mmretain", "--tasks", "mme"]
+    command += ["--model_args", "pretrained=testbed,budgte=0.1", "--batch_size", "1"]
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    )
+    one_line(done.returncode, done.stderr, "mmretain: error: unknown model_args budgte")
+
+
+# -- every number given to `mmretain testbed` is checked as it is parsed --------------------------
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["make-video", "v.mp4", "--frames", "abc"], "argument --frames: give a whole number"),
+        (["make-video", "v.mp4", "--needle-depth", "2"], "argument --needle-depth: give a finite"),
+        (["make-video", "v.mp4", "--fps", "nan"], "argument --fps: give a finite number above 0"),
+        (["make-video", "v.mp4", "--seed", "-1"], "argument --seed: give a whole number from 0"),
+        (["train", "--out", "m", "--steps", "0"], "argument --steps: give a whole number from 1"),
+        (["train", "--out", "m", "--threads", "1.5"], "argument --threads"),
+        (["train-clip", "--out", "m", "--minutes", "-1"], "argument --minutes"),
+        (["evaluate", "--threads", "0"], "argument --threads: give a whole number from 1"),
+    ],
+)
+def test_testbed_numbers_are_checked_as_they_are_parsed(
+    tmp_path, monkeypatch, capsys, argv, fragment
+):
+    from mmretain.testbed import cli as testbed_cli
+
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(testbed_cli.main, argv, capsys)
+    one_line(code, err, fragment)
+    assert err.rstrip().endswith(f"(see mmretain testbed {argv[0]} --help)")
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+# -- --budget is read as it is parsed ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("budget", "fragment"),
+    [
+        ("lots", "budget could not be read, got 'lots'"),
+        ("0", "budget must be > 0, got '0'"),
+        ("-1", "budget must be > 0, got '-1'"),
+        ("99999999999999999999", "budget of 99999999999999999999 tokens is more than 2147483647"),
+    ],
+)
+@pytest.mark.parametrize(
+    "command", [["video-qa", "no/such.mp4", "-q", "?"], ["chat", "--image", "no/such.png"]]
+)
+def test_budget_is_checked_as_it_is_parsed(capsys, command, budget, fragment):
+    """The video and image do not exist: a budget read later would fail on them instead."""
+    code, err = run_main(cli.main, [*command, "--budget", budget], capsys)
+    one_line(code, err, f"argument --budget: {fragment}")
+    assert err.rstrip().endswith(f"(see mmretain {command[0]} --help)")
+
+
+def test_ctrl_c_while_arguments_are_parsed_exits_130_in_one_line(monkeypatch, capsys):
+    """Reading --budget imports torch, a second before the command can catch Ctrl-C."""
+    from mmretain.budget import Budget
+
+    def interrupted(value):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Budget, "parse", interrupted)
+    code, err = run_main(cli.main, ["video-qa", "v.mp4", "-q", "?"], capsys)
+    one_line(code, err, "mmretain video-qa: interrupted", expected=130)
+
+
+# -- frames of a degenerate size -----------------------------------------------------------------
+def narrow_video(path: Path, width: int, height: int) -> Path:
+    from mmretain.media import write_video
+
+    rng = np.random.default_rng(0)
+    write_video(path, (rng.integers(0, 256, (height, width, 3), np.uint8) for _ in range(4)), 1)
+    return path
+
+
+@pytest.mark.parametrize(("width", "height"), [(2, 500), (16, 64), (48, 64)])
+def test_frames_of_any_width_decode_to_their_size(tmp_path, width, height):
+    """decord pads the rows of some widths and returns the padding as channels."""
+    from mmretain.media import Video
+
+    path = narrow_video(tmp_path / "narrow.mp4", width, height)
+    (frames,) = Video(path).chunks(16)
+    (expected,) = Video(path, backend="pyav").chunks(16)
+    assert frames.shape == (4, height, width, 3)
+    np.testing.assert_array_equal(frames, expected)
+
+
+def test_a_video_too_narrow_for_the_processor_is_one_line(tmp_path, capsys):
+    path = narrow_video(tmp_path / "narrow.mp4", 2, 500)
+    code, err = run_main(cli.main, ["video-qa", str(path), "-q", "what?"], capsys)
+    one_line(code, err, f"{path}: frames are 2x500 pixels, the long side 250 times the short one")
+    assert "takes at most 200 times, so pad the short side to at least 3 pixels" in err
+
+
+def test_a_narrow_video_is_answered_by_a_processor_that_takes_it(tmp_path, capsys):
+    path = narrow_video(tmp_path / "narrow.mp4", 2, 500)
+    argv = ["video-qa", str(path), "-q", "what?", "--model", "testbed-llava", "--json"]
+    code, err = run_main(cli.main, argv, capsys)
+    assert code == 0, err
+
+
+def test_an_image_too_narrow_for_the_processor_is_refused_with_the_fix(tmp_path):
+    from PIL import Image
+
+    from mmretain.errors import MediaError
+
+    path = tmp_path / "narrow.png"
+    Image.new("RGB", (500, 2), "white").save(path)
+    vlm = mmretain.load("testbed")
+    image = {"type": "image", "image": str(path)}
+    with pytest.raises(MediaError, match=r"500x2 pixels.*pad the short side"):
+        vlm.chat([{"role": "user", "content": [image, {"type": "text", "text": "what ?"}]}], 1)

@@ -84,7 +84,7 @@ def inputs(tmp_path_factory, checkpoint, video_file, image_file):
             "b.jsonl:1 lacks ['target_mask']",
         ),
         # 13: a video of no frames
-        ("testbed make-video {root}/x.mp4 --frames 0", b"", "at least 1"),
+        ("testbed make-video {root}/x.mp4 --frames 0", b"", "give a whole number from 1"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_traceback(inputs, argv, stdin, fragment):

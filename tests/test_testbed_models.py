@@ -93,7 +93,9 @@ def test_shipped_gates_load_with_no_flag(shipped, policy):
 
 @pytest.mark.parametrize("frames", ["0", "-5"])
 def test_make_video_refuses_fewer_than_one_frame(tmp_path, capsys, frames):
-    assert main(["make-video", str(tmp_path / "needle.mp4"), "--frames", frames]) == 2
+    with pytest.raises(SystemExit) as done:  # refused by argparse, as --frames is parsed
+        main(["make-video", str(tmp_path / "needle.mp4"), "--frames", frames])
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"at least 1 of its frames; got {frames}" in err
+    assert done.value.code == 2 and err.count("\n") == 1
+    assert f"argument --frames: give a whole number from 1 to 2147483647, got '{frames}'" in err
     assert not (tmp_path / "needle.mp4").exists()

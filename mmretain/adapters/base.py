@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UnsupportedModelError
+from ..errors import MediaError, UnsupportedModelError
 from ..tags import Modality, TokenTags
 from ..vision_saliency import VisionSaliencyTap
 
@@ -104,6 +104,20 @@ class Adapter:
 
     # -- video streaming -----------------------------------------------------------------------
     merge_area: ClassVar[int] = 1  # encoder patches per LLM token
+    # Longest over shortest side of a frame the processor can resize; math.inf: any.
+    max_aspect_ratio: ClassVar[float] = math.inf
+
+    def check_frame_size(self, width: int, height: int, where: object) -> None:
+        """Refuse frames of a shape the processor cannot resize, before any is decoded."""
+        ratio = max(width, height) / max(min(width, height), 1)
+        if ratio > self.max_aspect_ratio:
+            short = math.ceil(max(width, height) / self.max_aspect_ratio)
+            raise MediaError(
+                f"{where}: frames are {width}x{height} pixels, the long side {ratio:g} times the "
+                f"short one; the {self.family} processor takes at most "
+                f"{self.max_aspect_ratio:g} times, so pad the short side to at least {short} "
+                "pixels or crop the long one (e.g. with ffmpeg -vf pad or crop)"
+            )
 
     @property
     def video_token_id(self) -> int | None:

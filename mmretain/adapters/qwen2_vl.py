@@ -20,6 +20,7 @@ class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl (Qwen2-VL)"
     model_types = ("qwen2_vl",)
     multimodal = True
+    max_aspect_ratio = 200  # transformers' smart_resize refuses frames any longer
 
     def vision_saliency_tap(self) -> VisionSaliencyTap:
         # No CLS token: saliency is the attention a patch receives in the last vision block,

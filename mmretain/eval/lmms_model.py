@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api import Answer, load
-from ..command import real, whole
+from ..command import USER_ERRORS, real, whole
 from ..config import RetentionConfig
 from ..defaults import AUTO, DEFAULT_BUDGET
 from ..errors import ConfigError, MediaError
@@ -76,31 +76,42 @@ class RetainedLMM(lmms):
         **options: Any,
     ) -> None:
         super().__init__()
-        if str(batch_size) != "1":
-            raise ConfigError(
-                f"the mmretain model answers one request at a time, got --batch_size "
-                f"{batch_size}; leave --batch_size at 1"
+        try:
+            if str(batch_size) != "1":
+                raise ConfigError(
+                    f"the mmretain model answers one request at a time, got --batch_size "
+                    f"{batch_size}; leave --batch_size at 1"
+                )
+            # Any other model_arg is a RetentionConfig field (allocation, sink, recent, ...).
+            fields = {field.name for field in dataclasses.fields(RetentionConfig) if field.init}
+            unknown = sorted(set(options) - fields)
+            if unknown:
+                raise ConfigError(
+                    f"unknown model_args {', '.join(unknown)}; the mmretain model takes "
+                    "pretrained, fps, max_frames, chunk_frames, dtype, device, stats and the "
+                    f"RetentionConfig fields {', '.join(sorted(fields))}"
+                )
+            # Checked before the model loads: lmms-eval hands them over as it parsed them.
+            self.fps = _model_arg("fps", fps, real(0, above=True))
+            self.max_frames = (
+                None if max_frames is None else _model_arg("max_frames", max_frames, whole(1))
             )
-        # Any other model_arg is a RetentionConfig field (allocation, sink, recent, ...).
-        fields = {field.name for field in dataclasses.fields(RetentionConfig) if field.init}
-        unknown = sorted(set(options) - fields)
-        if unknown:
-            raise ConfigError(
-                f"unknown model_args {', '.join(unknown)}; the mmretain model takes pretrained, "
-                "fps, max_frames, chunk_frames, dtype, device, stats and the RetentionConfig "
-                f"fields {', '.join(sorted(fields))}"
+            self.chunk_frames = _model_arg("chunk_frames", chunk_frames, whole(1))
+            self.vlm = load(
+                str(pretrained),
+                policy=policy,
+                budget=budget,
+                device_map=device,
+                dtype=dtype,
+                **options,
             )
-        # Checked before the model loads: lmms-eval hands them over as it parsed them.
-        self.fps = _model_arg("fps", fps, real(0, above=True))
-        self.max_frames = (
-            None if max_frames is None else _model_arg("max_frames", max_frames, whole(1))
-        )
-        self.chunk_frames = _model_arg("chunk_frames", chunk_frames, whole(1))
-        self.vlm = load(
-            str(pretrained), policy=policy, budget=budget, device_map=device, dtype=dtype, **options
-        )
-        self.batch_size = 1
-        self.stats_path = Path(stats) if stats else _beside_results(str(pretrained))
+            self.batch_size = 1
+            self.stats_path = Path(stats) if stats else _beside_results(str(pretrained))
+        except USER_ERRORS as error:
+            # lmms-eval catches every Exception raised while it builds the model, prints its
+            # traceback and exits 0; SystemExit passes through: one line and exit code 2.
+            print(f"{MODEL_ID}: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from error
 
     def generate_until(self, requests: list[Any]) -> list[str]:
         """One reply per request, in order; each request's retention stats are recorded."""

@@ -8,7 +8,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..command import run_command
+from ..command import ArgumentParser, real, run_command, whole
 from .suites import SUITES
 
 
@@ -79,13 +79,15 @@ def _add_commands(commands) -> None:
     train = commands.add_parser("train", help="train a test-bed model from scratch")
     train.add_argument("--arch", choices=("qwen2vl", "llava-onevision"), default="qwen2vl")
     train.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--steps", type=int, default=3000)
-    train.add_argument("--minutes", type=float, default=None, help="stop early after this long")
+    train.add_argument("--seed", type=whole(0), default=0)
+    train.add_argument("--steps", type=whole(1), default=3000)
+    train.add_argument(
+        "--minutes", type=real(0, above=True), default=None, help="stop early after this long"
+    )
     train.add_argument("--size", choices=("default", "tiny"), default="default")
     train.add_argument(
         "--threads",
-        type=int,
+        type=whole(1),
         default=1,
         help="torch threads (default 1: reproducible, and faster on a busy machine)",
     )
@@ -95,34 +97,40 @@ def _add_commands(commands) -> None:
         "train-clip", help="train the test-bed CLIP that scores frames against a question"
     )
     clip.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
-    clip.add_argument("--steps", type=int, default=4000)
-    clip.add_argument("--minutes", type=float, default=10.0, help="stop early after this long")
-    clip.add_argument("--seed", type=int, default=0)
-    clip.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    clip.add_argument("--steps", type=whole(1), default=4000)
+    clip.add_argument(
+        "--minutes", type=real(0, above=True), default=10.0, help="stop early after this long"
+    )
+    clip.add_argument("--seed", type=whole(0), default=0)
+    clip.add_argument("--threads", type=whole(1), default=1, help="torch threads (default 1)")
     clip.set_defaults(handler=train_clip_command)
 
     video = commands.add_parser("make-video", help="write a needle video (mp4) with its Q&A")
     video.add_argument("out", type=Path, help="the .mp4 to write; the Q&A goes to .json beside it")
-    video.add_argument("--frames", type=int, default=32)
-    video.add_argument("--needle-depth", type=float, default=0.5, help="0 = first frame, 1 = last")
+    video.add_argument("--frames", type=whole(1), default=32)
+    video.add_argument(
+        "--needle-depth", type=real(0, 1), default=0.5, help="0 = first frame, 1 = last"
+    )
     video.add_argument(
         "--suite", choices=[n for n, s in SUITES.items() if s.is_video], default="video-needle"
     )
     video.add_argument("--question", default=None, help="question type (default: drawn by seed)")
-    video.add_argument("--seed", type=int, default=0)
-    video.add_argument("--fps", type=float, default=1.0)
+    video.add_argument("--seed", type=whole(0), default=0)
+    video.add_argument("--fps", type=real(0, above=True), default=1.0)
     video.set_defaults(handler=make_video_command)
 
     evaluate = commands.add_parser("evaluate", help="full-cache accuracy of the shipped models")
     evaluate.add_argument("--out", default="eval/results/testbed_full_cache.md")
     evaluate.add_argument("--models", default="testbed,testbed-llava")
-    evaluate.add_argument("--samples", type=int, default=500, help="per suite, question, length")
-    evaluate.add_argument("--threads", type=int, default=1)
+    evaluate.add_argument(
+        "--samples", type=whole(1), default=500, help="per suite, question, length"
+    )
+    evaluate.add_argument("--threads", type=whole(1), default=1)
     evaluate.set_defaults(handler=evaluate_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="mmretain testbed",
         description="The test-bed: tiny models trained on procedural image and video suites. "
         "Train one, write a needle video with its question, or measure the shipped models.",
