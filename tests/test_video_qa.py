@@ -186,7 +186,6 @@ def test_cli_video_qa_table(checkpoint, video_file, capsys):
     ("args", "message"),
     [
         (["missing.mp4"], "not found"),
-        (["--budget", "-3"], "budget"),
         (["--policy", "nope"], "registered policies"),
         (["-q", "what \udcff ?"], "-q holds bytes that are not UTF-8 text"),
     ],
@@ -210,6 +209,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(checkpoint, video_file, capsys, ar
         (["--max-new-tokens", "-1"], "argument --max-new-tokens: give a whole number from 1"),
         (["--chunk-frames", "0"], "argument --chunk-frames: give a whole number from 1"),
         (["--chunk-frames", "-4"], "argument --chunk-frames: give a whole number from 1"),
+        (["--budget", "-3"], "argument --budget: budget must be > 0, got '-3'"),
     ],
 )
 def test_cli_numbers_are_checked_as_they_are_parsed(video_file, capsys, args, message):
