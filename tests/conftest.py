@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 
 import pytest
@@ -20,6 +21,40 @@ from transformers import (
 
 # The models here are tiny: thread fan-out costs more than it buys, and the machine is shared.
 torch.set_num_threads(1)
+
+# Nothing reaches the network in tests: a look-up or a connection to any host but this one is
+# refused, and recorded, so that a library that swallows the error still fails the test.
+_LOCAL_HOSTS = {None, "localhost", "127.0.0.1", "::1", "0.0.0.0", ""}
+_network_attempts: list[str] = []
+_real_getaddrinfo, _real_connect = socket.getaddrinfo, socket.socket.connect
+
+
+def _getaddrinfo(host, *args, **kwargs):
+    name = host.decode() if isinstance(host, bytes) else host
+    if name not in _LOCAL_HOSTS:
+        _network_attempts.append(f"look-up of {name}")
+        raise OSError(f"network disabled in tests: look-up of {name}")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+def _connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in _LOCAL_HOSTS:
+        _network_attempts.append(f"connection to {address}")
+        raise OSError(f"network disabled in tests: connection to {address}")
+    return _real_connect(self, address)
+
+
+socket.getaddrinfo = _getaddrinfo
+socket.socket.connect = _connect
+
+
+@pytest.fixture(autouse=True)
+def no_network_attempt():
+    """Fails the test that tried to reach another host, even if the error was swallowed."""
+    _network_attempts.clear()
+    yield
+    assert not _network_attempts, f"a test reached for the network: {_network_attempts}"
+
 
 VOCAB = 128
 TEXT = dict(
