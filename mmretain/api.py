@@ -227,13 +227,13 @@ class RetainedVLM:
             with_reply = render(messages[: n + 1], False)["input_ids"][0].tolist()
             emptied = {**messages[n], "content": ""}
             without = render([*messages[:n], emptied], False)["input_ids"][0].tolist()
-            rendered = len(turn.ids)
+            reply_start, reply_end = _changed_span(with_reply, without)
             if (
-                with_reply[:rendered] == turn.ids
-                and _changed_span(with_reply, without)[0] >= rendered
+                with_reply[: len(turn.ids)] == turn.ids
+                and reply_start >= len(turn.ids)
                 and ids[: len(with_reply)] == with_reply
             ):
-                closing = with_reply[_changed_span(with_reply, without)[1] :]
+                closing = with_reply[reply_end:]
                 ends = config.eos_token_id
                 ends = {ends} if isinstance(ends, int) else set(ends or [])
                 # generate does not feed its last token back; an end token the closing brings.

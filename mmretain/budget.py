@@ -157,14 +157,14 @@ def _groups(
     return layer.long() * n_heads + head.long(), n_layers * n_heads
 
 
-def protection_room(
-    capacity: int, *, mode: Allocation, n_layers: int, n_heads: int, device: torch.device
-) -> torch.Tensor:
-    """Entries each share of ``capacity`` under ``mode`` may spend on protections: half of it,
-    rounded down, so the ranking always chooses at least half of every share, and a larger
-    budget never leaves it fewer slots."""
-    _, n_groups = _groups(torch.zeros(0), torch.zeros(0), mode, n_layers, n_heads)
-    return _shares(capacity, n_groups, device) // 2
+def _protection_room(
+    layer: torch.Tensor, head: torch.Tensor, capacity: int, mode: str, n_layers: int, n_heads: int
+) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Each entry's share under ``mode``, the number of shares, and what each share may spend on
+    protections: half of it, rounded down, so the ranking always chooses at least half of every
+    share and a larger budget never leaves it fewer slots."""
+    group, n_groups = _groups(layer, head, mode, n_layers, n_heads)
+    return group, n_groups, _shares(capacity, n_groups, layer.device) // 2
 
 
 def protection_fits(
@@ -177,11 +177,8 @@ def protection_fits(
     n_layers: int,
     n_heads: int,
 ) -> bool:
-    """Whether the ``protected`` entries fit in the `protection_room` of every share."""
-    group, n_groups = _groups(layer, head, mode, n_layers, n_heads)
-    room = protection_room(
-        capacity, mode=mode, n_layers=n_layers, n_heads=n_heads, device=protected.device
-    )
+    """Whether the ``protected`` entries fit in half of every share of ``capacity``."""
+    group, n_groups, room = _protection_room(layer, head, capacity, mode, n_layers, n_heads)
     return bool((torch.bincount(group[protected.bool()], minlength=n_groups) <= room).all())
 
 
@@ -195,17 +192,11 @@ def latest_that_fit(
     mode: Allocation,
     n_layers: int,
     n_heads: int,
-    already: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The ``candidates`` of latest ``positions`` that fit, beside the ``already`` protected
-    entries, in the `protection_room` of every share: a question too long to protect whole
-    keeps its last tokens, those that end it and are nearest the answer."""
-    group, n_groups = _groups(layer, head, mode, n_layers, n_heads)
-    room = protection_room(
-        capacity, mode=mode, n_layers=n_layers, n_heads=n_heads, device=candidates.device
-    )
-    if already is not None:
-        room = room - torch.bincount(group[already.bool()], minlength=n_groups)
+    """The ``candidates`` of latest ``positions`` that fit in half of every share: a question
+    too long to protect whole keeps its last tokens, those that end it and are nearest the
+    answer."""
+    group, n_groups, room = _protection_room(layer, head, capacity, mode, n_layers, n_heads)
     members = candidates.bool().nonzero().squeeze(1)
     latest_first = members[torch.sort(positions[members], descending=True, stable=True).indices]
     in_group = _group_order(latest_first, group)

@@ -153,9 +153,14 @@ class RetentionConfig:
     @property
     def allocation_mode(self) -> str:
         """The allocation asked for, or the policy's preferred one."""
+        return self.allocation_for(self.retention_policy)
+
+    def allocation_for(self, policy: RetentionPolicy | None) -> str:
+        """The allocation asked for, or ``policy``'s preferred one (a run's bound instance may
+        prefer what its gates name)."""
         if self.allocation is not None:
             return self.allocation
-        return self.retention_policy.preferred_allocation if self.retention_policy else "global"
+        return policy.preferred_allocation if policy else "global"
 
     def for_model(self, model: nn.Module) -> RetentionConfig:
         """This config with ``policy="auto"`` resolved for ``model`` (see `best_shipped_policy`)."""

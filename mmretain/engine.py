@@ -76,9 +76,8 @@ class RetentionRun:
 
     @property
     def allocation_mode(self) -> str:
-        """The allocation the config asks for, else this run's policy's preferred one (learned
-        gates may name theirs)."""
-        return self.config.allocation or self.policy.preferred_allocation
+        """The allocation this run ranks with (its bound gates may name theirs)."""
+        return self.config.allocation_for(self.policy)
 
     @property
     def stats(self) -> RetentionStats:
@@ -480,7 +479,7 @@ class RetentionRun:
         """The entries of one batch row that are kept whatever their score.
 
         Protections live inside the budget and take at most half of each share of it
-        (`budget.protection_room`), so the ranking always chooses at least half. When they do
+        (`budget.protection_fits`), so the ranking always chooses at least half. When they do
         not fit, the recent window is lifted, then the sinks (their tokens are ranked with the
         rest), and then the question keeps only its last tokens; a `BudgetWarning` says so once
         per cache.

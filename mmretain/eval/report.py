@@ -129,7 +129,7 @@ def flag_budget_inversions(results: list[CellResult]) -> None:
             ):
                 continue
             gap = other.sample_mean - cell.sample_mean
-            if gap > 2 * math.hypot(cell.sample_stderr, other.sample_stderr) and gap > 0:
+            if gap > 2 * math.hypot(cell.sample_stderr, other.sample_stderr):
                 cell.below_smaller_budget = other.budget
                 break
 
@@ -165,11 +165,13 @@ def collect(out: Path, selections: dict[str, set[int]] | None = None) -> list[Ce
 def _cell_order(name: str) -> tuple:
     """The full cache first, then by policy, numeric budgets in increasing order."""
     cell = Cell.from_name(name)
-    try:
-        amount = float(cell.budget or 0)
-    except ValueError:  # a byte size such as "64MiB"
-        amount = float("inf")
-    return (cell.policy != FULL, cell.policy, amount, cell.budget or "")
+    amount = _budget_amount(cell.budget or "0")
+    return (
+        cell.policy != FULL,
+        cell.policy,
+        math.inf if amount is None else amount,
+        cell.budget or "",
+    )
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
