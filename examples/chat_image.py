@@ -28,12 +28,17 @@ def testbed_image(folder: Path) -> tuple[Path, list[str], list[str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("image", nargs="?", help="an image file (default: a test-bed picture)")
     parser.add_argument("-q", "--question", action="append", dest="questions")
     parser.add_argument("--model", default="testbed", help="checkpoint directory or hub id")
-    parser.add_argument("--policy", default=AUTO, help="default: the best the model ships")
-    parser.add_argument("--budget", default=str(DEFAULT_BUDGET), help="default: 0.25 of the prompt")
+    parser.add_argument("--policy", default=AUTO, help="the best the model ships when auto")
+    parser.add_argument(
+        "--budget", default=str(DEFAULT_BUDGET), help="a fraction of the prompt, tokens or bytes"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.image:

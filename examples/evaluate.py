@@ -13,12 +13,12 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from mmretain.eval import Locations, RunSettings, cells, evaluate, select_tasks
-from mmretain.eval.tasks import TASKS
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--model", default="testbed", help="checkpoint directory or hub id")
     parser.add_argument(
         "--task", default="video-needle@128", help="a test-bed task, or BENCHMARK=LOCAL_DIR"
@@ -28,6 +28,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=20, help="samples, spread over the task")
     parser.add_argument("--out", type=Path, default=None, help="default: a temporary folder")
     args = parser.parse_args()
+    # Imported once the arguments are read, so that --help answers at once.
+    from mmretain.eval import Locations, RunSettings, cells, evaluate, select_tasks
+    from mmretain.eval.tasks import TASKS
 
     name, _, path = args.task.partition("=")
     suite = TASKS[name].suite if name in TASKS else "testbed"

@@ -12,15 +12,20 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
 import mmretain
 
 IMAGE_TOKEN = 120
 
 
 def tiny_llava(directory: str) -> str:
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
     torch.manual_seed(0)
     text = LlamaConfig(
         vocab_size=128,
@@ -44,10 +49,17 @@ def tiny_llava(directory: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--model", help="a LLaVA-1.5 checkpoint directory; default: a tiny one")
     parser.add_argument("--budget", default="24", help="tokens, a fraction or bytes")
     args = parser.parse_args()
+    # Imported once the arguments are read, so that --help answers at once.
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model or tiny_llava(tmp)
         model = LlavaForConditionalGeneration.from_pretrained(path).eval()

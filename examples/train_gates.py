@@ -1,9 +1,9 @@
 """Train retention gates for a frozen model, then let them decide what a small KV budget keeps.
 
-    python examples/train_gates.py [--model DIR] [--steps 300] [--budget 16] [--out DIR]
+    python examples/train_gates.py [--model DIR] [--steps 300] [--budget 8] [--out DIR]
 
 By default: the embedded test-bed model, trained on the test-bed suites with the recipe its
-shipped gates were trained with (300 steps at a capacity of 16 tokens; a few minutes on a CPU),
+shipped gates were trained with (300 steps at a capacity of 8 tokens; a few minutes on a CPU),
 and compared with the full cache and SnapKV on held-out needle videos. The gates are tied
 (one readout for every layer), so ``policy="global"`` ranks all layers, heads and modalities
 together.
@@ -16,15 +16,13 @@ import tempfile
 from pathlib import Path
 
 import mmretain
-from mmretain.api import load_model
-from mmretain.eval.testbed_tasks import testbed_tasks
-from mmretain.gates import train_gates
-from mmretain.testbed import model_path, training_batches
 
 
 def accuracy(vlm: mmretain.RetainedVLM, task: str, samples: int) -> tuple[float, float]:
     """Share of right answers, and the mean share of the cache entries the prompt made that
     stayed."""
+    from mmretain.eval.testbed_tasks import testbed_tasks
+
     data = testbed_tasks()[task].open()
     right, held = 0, 0.0
     for index in range(samples):
@@ -38,15 +36,22 @@ def accuracy(vlm: mmretain.RetainedVLM, task: str, samples: int) -> tuple[float,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--model", default="testbed", help="test-bed checkpoint directory")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--budget", type=int, default=16, help="capacity per head, in tokens")
+    parser.add_argument("--budget", type=int, default=8, help="capacity per head, in tokens")
     parser.add_argument("--width", type=int, default=512, help="hidden width of each gate")
     parser.add_argument("--samples", type=int, default=32, help="held-out videos to answer")
     parser.add_argument("--eval-budget", default="0.1", help="KV budget of the comparison")
     parser.add_argument("--out", type=Path, default=None, help="default: a temporary folder")
     args = parser.parse_args()
+    # Imported once the arguments are read, so that --help answers at once.
+    from mmretain.api import load_model
+    from mmretain.gates import train_gates
+    from mmretain.testbed import model_path, training_batches
 
     model = str(model_path(args.model)) if args.model.startswith("testbed") else args.model
     with tempfile.TemporaryDirectory() as tmp:

@@ -49,6 +49,9 @@ if TYPE_CHECKING:
     from .tags import Modality, TokenTags
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+# Subpackages a user reaches as attributes (`mmretain.testbed.model_path()`).
+_SUBMODULES = ("gates", "media", "relevance", "testbed")
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

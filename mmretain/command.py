@@ -25,11 +25,30 @@ USER_ERRORS: tuple[type[BaseException], ...] = (MMRetainError, ValueError, OSErr
 MAX_COUNT = 2**31 - 1
 
 
+class HelpWithDefaults(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its text already says it or it has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or "default" in text
+            or action.default in (None, False, argparse.SUPPRESS)
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser, whose errors are one line that points to ``--help``, not the usage.
+    """argparse's parser, whose errors are one line that points to ``--help``, not the usage,
+    and whose help shows the defaults.
 
     Subcommand parsers made with ``add_subparsers`` are of this class too.
     """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpWithDefaults)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

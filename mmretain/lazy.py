@@ -12,20 +12,24 @@ from typing import Any
 
 
 def lazy_exports(
-    package: str, exports: dict[str, str]
+    package: str, exports: dict[str, str], submodules: tuple[str, ...] = ()
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``__getattr__`` and ``__dir__`` for ``package``: each name of ``exports`` maps to the
-    submodule (relative to ``package``) it lives in."""
+    submodule (relative to ``package``) it lives in; each of ``submodules`` is that submodule
+    itself, so ``package.sub.name`` works after a bare ``import package``."""
     namespace = import_module(package).__dict__
 
     def __getattr__(name: str) -> Any:
-        if name not in exports:
+        if name in submodules:
+            value = import_module(f".{name}", package)
+        elif name in exports:
+            value = getattr(import_module(f".{exports[name]}", package), name)
+        else:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(import_module(f".{exports[name]}", package), name)
         namespace[name] = value
         return value
 
     def __dir__() -> list[str]:
-        return sorted([*namespace, *exports])
+        return sorted([*namespace, *exports, *submodules])
 
     return __getattr__, __dir__

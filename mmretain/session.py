@@ -87,6 +87,9 @@ class Session:
         )
 
     # -- prefill -------------------------------------------------------------------------------
+    # Inference only: without no_grad the cached keys would carry the graph of every forward,
+    # hold its activations, and refuse the deepcopy a snapshot makes.
+    @torch.no_grad()
     def extend(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Prefill the new tokens ``inputs`` (a processor's output for them, media included).
 
@@ -118,6 +121,7 @@ class Session:
         )
         return out.logits[:, -1]
 
+    @torch.no_grad()
     def extend_embeddings(
         self, embeddings: torch.Tensor, positions: torch.Tensor, tags: TokenTags
     ) -> torch.Tensor:

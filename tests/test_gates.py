@@ -474,8 +474,9 @@ def test_eviction_keeps_the_highest_log_beta_times_age(llama, policy, allocation
     ids = llama.text(length)[None]
     with torch.no_grad():
         hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
-        # score of entry (layer, head, i) after the prompt: log β_i · (t − i), t the last position
-        age = (length - 1 - torch.arange(length)).float()
+        # score of entry (layer, head, i) after the prompt: log β_i · (t − i), t the position
+        # of the next query, the first that eviction keeps entries for
+        age = (length - torch.arange(length)).float()
         scores = torch.stack(
             [
                 gates.log_retention(i, layer.input_layernorm(hidden[i]))[0] * age

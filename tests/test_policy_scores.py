@@ -86,3 +86,27 @@ def test_h2o_accumulates_the_attention_every_query_paid_each_entry():
         for h, state in enumerate(layer.state):
             expected = attention[:, h * group : (h + 1) * group].sum(dim=(1, 2))
             torch.testing.assert_close(state, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gates_score_an_entry_by_what_it_is_worth_to_the_next_query():
+    """log β_i · (t − i) with t the next query's position: the newest entry, whose gate forgets
+    it at once, scores below an old one its gate keeps, instead of a free 0 for being new."""
+    from mmretain.policies.gates import GlobalRetention
+
+    seen = 10
+    log_beta = torch.tensor([[-1e-4, -0.5, -30.0]])  # kept for good, fading, forgotten at once
+    positions = torch.tensor([[0, 5, seen - 1]])
+    view = LayerView(
+        layer=0,
+        keys=[torch.zeros(1, 3, 4)],
+        positions=[positions],
+        state=[log_beta],
+        modality=[torch.zeros(1, 3, dtype=torch.int8)],
+        window=None,
+        window_positions=None,
+        scaling=1.0,
+        tokens_seen=seen,
+    )
+    (scores,) = GlobalRetention().score(view)
+    torch.testing.assert_close(scores, log_beta * torch.tensor([[10.0, 5.0, 1.0]]))
+    assert scores.argsort(descending=True).tolist() == [[0, 1, 2]]

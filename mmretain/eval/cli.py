@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit",
         type=whole(1),
         default=None,
-        help="samples per task (spread over a benchmark split)",
+        help="samples per task, spread over a benchmark split (default: every sample)",
     )
     parser.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
     parser.add_argument("--data-dir", type=Path, default=None, help="folder of local datasets")
@@ -67,7 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="default: each task's own (lmms-eval's)",
     )
-    parser.add_argument("--allocation", choices=("global", "layer", "uniform"), default=None)
+    parser.add_argument(
+        "--allocation",
+        choices=("global", "layer", "uniform"),
+        default=None,
+        help="who competes for the budget (default: the policy's own)",
+    )
     parser.add_argument(
         "--sink", type=whole(0), default=0, help="first tokens protected (default 0)"
     )
@@ -108,7 +113,8 @@ def run(args: argparse.Namespace) -> None:
         if not (args.out / "rows").is_dir():
             raise FileNotFoundError(f"no rows under {args.out / 'rows'}: run the evaluation first")
         with output_lock(args.out):
-            report.write_report(args.out)
+            results = report.write_report(args.out)
+        print(report.terminal_table(results))
         print(f"wrote {args.out / 'report.md'}")
         return
     if args.suite is None:
@@ -147,6 +153,7 @@ def run(args: argparse.Namespace) -> None:
             pictures=args.pictures,
         )
     if results is not None:
+        print(report.terminal_table(results))
         print(f"wrote {args.out / 'report.md'}")
 
 

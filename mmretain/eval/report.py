@@ -178,6 +178,32 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def terminal_table(results: list[CellResult]) -> str:
+    """The cells' headline figures as aligned plain text, for the end of a run."""
+    full = {r.task: r.score for r in results if r.policy == FULL}
+    header = ("task", "policy", "budget", "score", "% of full", "KV held %", "samples")
+    rows = [
+        (
+            r.task,
+            r.policy,
+            r.budget or "—",
+            _fmt(r.score) + (" ▼" if r.below_smaller_budget else ""),
+            _fmt(_percent(r.score, full[r.task]) if r.task in full else None),
+            _fmt(r.kv_percent),
+            str(r.samples),
+        )
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if i < 3 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    )
+
+
 def markdown(results: list[CellResult], out: Path) -> str:
     """A table per suite (score, % of full, KV memory per cell), then each task's details."""
     full = {r.task: r.score for r in results if r.policy == FULL}

@@ -28,9 +28,11 @@ from ..errors import GatesMismatchError, GatesNotFoundError
 CONFIG_FILE = "retention_gates.json"
 WEIGHTS_FILE = "retention_gates.safetensors"
 FORMAT = "mmretain-retention-gates"
-# logsigmoid(18) ≈ −1.5e-8: every entry starts as good as never forgotten, so training begins
-# from the unmodified model and the capacity loss alone pushes retention down.
-BIAS_INIT = 18.0
+# logsigmoid(5) ≈ −0.0067: every entry starts nearly never forgotten (β^100 ≈ 0.5), so training
+# begins close to the unmodified model and the capacity loss pushes retention down. A larger
+# bias (18 was tried) saturates the sigmoid: its gradient, about e^−bias, is too small for the
+# gates to learn which tokens matter, and whole heads stay at β ≈ 1 whatever the token.
+BIAS_INIT = 5.0
 
 
 @dataclass(frozen=True)

@@ -78,9 +78,11 @@ class GatedRetention(RetentionPolicy):
             return self._gates.log_retention(layer, hidden)
 
     def score(self, view: LayerView) -> list[torch.Tensor]:
-        latest = view.tokens_seen - 1
+        # What an entry is worth to the queries still to come, the next one at position
+        # ``tokens_seen``: an entry its gate forgets at once is worth nothing to them, however new.
+        upcoming = view.tokens_seen
         return [
-            log_beta * (latest - positions).clamp_min(0).to(log_beta.dtype)
+            log_beta * (upcoming - positions).clamp_min(1).to(log_beta.dtype)
             for log_beta, positions in zip(view.state, view.positions, strict=True)
         ]
 

@@ -43,6 +43,8 @@ def evaluate_model(model, processor, count: int = 500, batch_size: int = 16) -> 
             indices = (
                 range(count) if depth is None else range(DEPTHS.index(depth), count, len(DEPTHS))
             )
+            if not indices:  # fewer samples than depths: this depth has none to report
+                continue
             batch = (
                 make_sample(name, i, split="eval", question=question, length=length, depth=depth)
                 for i in indices
