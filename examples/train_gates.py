@@ -49,8 +49,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default: a temporary folder")
     args = parser.parse_args()
     # Imported once the arguments are read, so that --help answers at once.
-    from mmretain.api import load_model
     from mmretain.gates import train_gates
+    from mmretain.location import load_model
     from mmretain.testbed import model_path, training_batches
 
     model = str(model_path(args.model)) if args.model.startswith("testbed") else args.model

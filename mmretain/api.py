@@ -5,19 +5,14 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForImageTextToText,
-    AutoProcessor,
-    GenerationConfig,
-)
+from transformers import AutoProcessor, GenerationConfig
 
 from . import media
 from .cache import RetentionStats
@@ -30,7 +25,7 @@ from .errors import (
     FrameSamplingError,
     ModelLoadError,
 )
-from .location import checkpoint_location
+from .location import checkpoint_location, load_errors, load_model
 from .session import Session
 from .streaming import VideoProgress, stream_video
 
@@ -488,41 +483,6 @@ def _contents(messages: Messages, kind: str) -> list[dict[str, Any]]:
     ]
 
 
-@contextmanager
-def _load_errors(path: str) -> Iterator[None]:
-    """transformers' loading errors as one `ModelLoadError` naming the fix."""
-    try:
-        yield
-    except OSError as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ModelLoadError(
-            f"cannot load a model from {path!r} ({reason}); "
-            "give a local directory written by save_pretrained (safetensors) or a reachable hub id"
-        ) from error
-
-
-def load_model(
-    name: str | Path,
-    *,
-    device_map: str | dict[str, Any] | None = None,
-    dtype: torch.dtype | str = "auto",
-) -> torch.nn.Module:
-    """A checkpoint's model, from safetensors only: image-text-to-text when the family has
-    one, else a causal LM. ``device_map`` (default: none, so the CPU) and ``dtype`` (default
-    "auto": the checkpoint's) are those of ``from_pretrained``."""
-    path, local = checkpoint_location(name)
-    if isinstance(dtype, str) and dtype != "auto":
-        dtype = getattr(torch, dtype)
-    kwargs: dict[str, Any] = {"use_safetensors": True, "device_map": device_map, "dtype": dtype}
-    if local:
-        kwargs["local_files_only"] = True
-    with _load_errors(path):
-        try:
-            return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-        except ValueError:
-            return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-
-
 def load(
     path_or_hub_id: str | Path,
     policy: Any = AUTO,
@@ -543,7 +503,7 @@ def load(
     """
     config = RetentionConfig(policy=policy, budget=budget, **options)
     path, local = checkpoint_location(path_or_hub_id)
-    with _load_errors(path):
+    with load_errors(path):
         processor = AutoProcessor.from_pretrained(
             path, **({"local_files_only": True} if local else {})
         )

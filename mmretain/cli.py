@@ -12,10 +12,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .command import ArgumentParser, kv_budget, real, run_command, whole
-from .defaults import AUTO, DEFAULT_BUDGET, MAX_PRIOR, POLICY_NAMES
+from .defaults import AUTO, DEFAULT_BUDGET, DEFAULT_MODEL, MAX_PRIOR, POLICY_NAMES
 from .errors import UsageError
 
-DEFAULT_MODEL = "testbed"
 DELEGATED_HELP = {
     "train-gates": "train retention gates for a model (see `mmretain train-gates --help`)",
     "testbed": "procedural suites and the test-bed models (see `mmretain testbed --help`)",

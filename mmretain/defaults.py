@@ -1,5 +1,7 @@
 """Defaults shared by `RetentionConfig`, `load()` and the command line, kept light to import."""
 
+# The model every command runs when given none: the embedded test-bed model.
+DEFAULT_MODEL = "testbed"
 # A quarter of the prompt: one default budget everywhere.
 DEFAULT_BUDGET = 0.25
 # The policy name that picks the best one a model ships (see `config.best_shipped_policy`).

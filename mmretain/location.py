@@ -1,4 +1,5 @@
-"""Where a checkpoint loads from: a shipped test-bed name, a local directory or a hub id.
+"""Where a checkpoint loads from (a shipped test-bed name, a local directory or a hub id), and
+loading its model.
 
 A hub id is tried online only when the hub answers within seconds. Without a network,
 huggingface_hub retries each file for minutes before failing; here a model already in the hub
@@ -7,10 +8,17 @@ cache loads offline at once, and one that is not fails at once, saying what to d
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import ModelLoadError
+from .shipped import model_path
+
+if TYPE_CHECKING:
+    import torch
 
 HUB_TIMEOUT_S = 3.0
 
@@ -43,8 +51,6 @@ def checkpoint_location(name: str | Path) -> tuple[str, bool]:
     """
     path = str(name)
     if path.startswith("testbed") and not Path(path).exists():
-        from .testbed import model_path  # the shipped test-bed checkpoints, by name
-
         path = str(model_path(path))
     directory = Path(path).expanduser()
     if directory.is_dir():
@@ -66,3 +72,41 @@ def checkpoint_location(name: str | Path) -> tuple[str, bool]:
         f"save_pretrained, or download it where there is a network (`hf download {path}`) and "
         "point HF_HOME at that cache"
     )
+
+
+@contextmanager
+def load_errors(path: str) -> Iterator[None]:
+    """transformers' loading errors as one `ModelLoadError` naming the fix."""
+    try:
+        yield
+    except OSError as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelLoadError(
+            f"cannot load a model from {path!r} ({reason}); "
+            "give a local directory written by save_pretrained (safetensors) or a reachable hub id"
+        ) from error
+
+
+def load_model(
+    name: str | Path,
+    *,
+    device_map: str | dict[str, Any] | None = None,
+    dtype: torch.dtype | str = "auto",
+) -> torch.nn.Module:
+    """A checkpoint's model, from safetensors only: image-text-to-text when the family has
+    one, else a causal LM. ``device_map`` (default: none, so the CPU) and ``dtype`` (default
+    "auto": the checkpoint's) are those of ``from_pretrained``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    path, local = checkpoint_location(name)
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    kwargs: dict[str, Any] = {"use_safetensors": True, "device_map": device_map, "dtype": dtype}
+    if local:
+        kwargs["local_files_only"] = True
+    with load_errors(path):
+        try:
+            return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        except ValueError:
+            return AutoModelForCausalLM.from_pretrained(path, **kwargs)

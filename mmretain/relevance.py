@@ -40,6 +40,7 @@ import torch
 from .defaults import MAX_PRIOR
 from .errors import ConfigError, ModelLoadError
 from .policies.base import LayerView, RetentionPolicy
+from .shipped import clip_path
 from .tags import Modality
 
 if TYPE_CHECKING:
@@ -115,8 +116,6 @@ def load_clip(model: str, pretrained: str | Path | None = None) -> tuple[Any, An
     import open_clip
 
     if model == TESTBED_CLIP:
-        from .testbed import clip_path  # the shipped test-bed CLIP
-
         model = str(clip_path())
     if model.startswith("hf-hub:"):
         raise ConfigError(

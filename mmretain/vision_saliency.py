@@ -14,7 +14,9 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 VISION_ATTENTION_NAME = "mmretain_vision"
-_taps: dict[int, VisionSaliencyTap] = {}  # id(attention module) -> open tap
+# The open tap lives on the attention module it taps, so it goes with that model and no state is
+# shared between models or runs; the attention function finds it there.
+_TAP_ATTRIBUTE = "_mmretain_saliency_tap"
 
 
 class VisionSaliencyTap:
@@ -27,11 +29,12 @@ class VisionSaliencyTap:
         self.recorded: list[torch.Tensor] = []
 
     def __enter__(self) -> VisionSaliencyTap:
-        _taps[id(self.module)] = self
+        setattr(self.module, _TAP_ATTRIBUTE, self)
         return self
 
     def __exit__(self, *exc) -> None:
-        _taps.pop(id(self.module), None)
+        if getattr(self.module, _TAP_ATTRIBUTE, None) is self:
+            delattr(self.module, _TAP_ATTRIBUTE)
 
     def record(self, query: torch.Tensor, key: torch.Tensor, scaling: float) -> None:
         probs = torch.softmax((query.float() @ key.float().transpose(-1, -2)) * scaling, dim=-1)
@@ -49,7 +52,7 @@ class VisionSaliencyTap:
 
 
 def saliency_attention(module, query, key, value, attention_mask, **kwargs):
-    tap = _taps.get(id(module))
+    tap = getattr(module, _TAP_ATTRIBUTE, None)
     if tap is not None:
         tap.record(query, key, kwargs.get("scaling") or query.shape[-1] ** -0.5)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)

@@ -205,7 +205,7 @@ def test_gates_may_name_the_allocation_they_rank_best_with(tmp_path):
 def test_two_runs_from_one_config_do_not_share_a_policy():
     """The LLaVA test-bed gates name `layer` allocation, the Qwen2-VL ones none: a run on one
     model must not rank with the gates or allocation a run on the other bound."""
-    from mmretain.api import load_model
+    from mmretain.location import load_model
 
     config = mmretain.RetentionConfig(policy="global", budget=0.1)
     qwen, llava = load_model(model_path("testbed")), load_model(model_path("testbed-llava"))

@@ -66,7 +66,7 @@ def test_a_pickled_only_checkpoint_is_refused_unread(tmp_path, monkeypatch):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mmretain.api import load_model
+    from mmretain.location import load_model
 
     model = LlamaForCausalLM(
         LlamaConfig(

@@ -110,3 +110,36 @@ def test_gates_score_an_entry_by_what_it_is_worth_to_the_next_query():
     (scores,) = GlobalRetention().score(view)
     torch.testing.assert_close(scores, log_beta * torch.tensor([[10.0, 5.0, 1.0]]))
     assert scores.argsort(descending=True).tolist() == [[0, 1, 2]]
+
+
+def test_random_scores_are_a_function_of_the_entry_not_of_what_ran_before():
+    """An entry's random score depends on (seed, layer, head, position) alone: a second run, or
+    a copy of a sequence, draws the same; another seed draws others; scores are uniform."""
+    from mmretain.policies.simple import RandomScores
+
+    def view(layer: int, positions: torch.Tensor) -> LayerView:
+        n = positions.shape[1]
+        return LayerView(
+            layer=layer,
+            keys=[torch.zeros(1, n, 4)] * 2,
+            positions=[positions] * 2,
+            state=[torch.zeros(1, n)] * 2,
+            modality=[torch.zeros(1, n, dtype=torch.int8)] * 2,
+            window=None,
+            window_positions=None,
+            scaling=1.0,
+            tokens_seen=int(positions.max()) + 1,
+        )
+
+    policy = RandomScores(seed=3)
+    everything = policy.score(view(1, torch.arange(20000)[None]))
+    policy.score(view(0, torch.arange(50)[None]))  # another layer scored in between
+    some = policy.score(view(1, torch.tensor([[7, 19999, 3]])))
+    for head in range(2):
+        torch.testing.assert_close(some[head][0], everything[head][0, [7, 19999, 3]])
+    assert not torch.equal(everything[0], everything[1])  # heads draw apart
+    other = RandomScores(seed=4).score(view(1, torch.arange(20000)[None]))
+    assert not torch.equal(other[0], everything[0])
+    values = everything[0][0]
+    assert float(values.min()) >= 0 and float(values.max()) < 1
+    assert abs(float(values.mean()) - 0.5) < 0.01 and abs(float(values.std()) - 12**-0.5) < 0.01

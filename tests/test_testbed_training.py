@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from mmretain.testbed.train import TrainConfig, train
+from mmretain.testbed.train import train
+from mmretain.testbed.train_config import TrainConfig
 
 
 @pytest.mark.parametrize("arch", ["qwen2vl", "llava-onevision"])

@@ -14,9 +14,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..cli import DEFAULT_MODEL
 from ..command import ArgumentParser, real, run_command, whole
-from ..defaults import POLICY_NAMES
+from ..defaults import DEFAULT_MODEL, POLICY_NAMES
 from .tasks import SUITES
 
 

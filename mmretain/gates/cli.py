@@ -92,8 +92,7 @@ def train(args: argparse.Namespace, argv: list[str]) -> None:
     from transformers import AutoConfig
 
     from ..adapters import adapter_class
-    from ..api import load_model
-    from ..location import checkpoint_location
+    from ..location import checkpoint_location, load_model
     from .data import BatchDirectory, testbed_batches
     from .train import check_settings, train_gates
 

@@ -29,15 +29,27 @@ class RandomScores(RetentionPolicy):
     name = "random"
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        self._generator = torch.Generator().manual_seed(self.seed)
-
-    def init_state(self, layer: int, hidden: torch.Tensor | None, keys: torch.Tensor):
-        b, n_heads, q, _ = keys.shape
-        return torch.rand((b, n_heads, q), generator=self._generator).to(keys.device)
-
     def score(self, view: LayerView) -> list[torch.Tensor]:
-        return list(view.state)
+        # A hash of (seed, layer, head, position), not a generator's stream: an entry draws the
+        # same score whatever ran before it, in this sequence, a copy of it or another run.
+        return [
+            _uniform_hash(positions, hash((self.seed, view.layer, head)))
+            for head, positions in enumerate(view.positions)
+        ]
+
+
+# splitmix64's finaliser constants, as signed 64-bit integers (torch has no unsigned int64).
+_MULTIPLIERS = (-4658895280553007687, -7723592293110705685)
+
+
+def _uniform_hash(positions: torch.Tensor, key: int) -> torch.Tensor:
+    """A float in [0, 1) per position, a fixed function of the position and ``key`` (a hash of
+    integers, which Python does not salt)."""
+    x = positions.long() + ((key & 0x7FFFFFFF) << 32)
+    for multiplier in _MULTIPLIERS:
+        x = (x ^ (x >> 31)) * multiplier  # int64 products wrap, as the mix needs
+    x = x ^ (x >> 31)  # an arithmetic shift: this clears the sign bit, so take bits 10 to 62
+    return ((x >> 10) & ((1 << 53) - 1)).double().div(2.0**53).float()
 
 
 @register

@@ -11,6 +11,7 @@ import torch
 
 from .suites import Sample, samples
 from .tokenizer import IM_END, IM_START
+from .train_config import TrainConfig
 
 IGNORE = -100
 
@@ -79,8 +80,6 @@ class TrainingBatches:
 
     def __init__(self, model_path: str | Path, *, seed: int = 0):
         from transformers import AutoProcessor
-
-        from .train import TrainConfig
 
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.seed = seed

@@ -15,7 +15,8 @@ from .suites import SUITES
 def train_command(args: argparse.Namespace) -> None:
     import torch
 
-    from .train import TrainConfig, train
+    from .train import train
+    from .train_config import TrainConfig
 
     torch.set_num_threads(args.threads)
     config = TrainConfig(arch=args.arch, size=args.size, seed=args.seed, steps=args.steps)
