@@ -117,6 +117,10 @@ class RetentionLayer(DynamicLayer):
     the whole cache is ever built.
     """
 
+    # Evicted entries cannot be restored, so generate must not plan on cropping (assisted
+    # decoding, MPS's past recording): `crop` raises if it is called anyway.
+    is_croppable = False
+
     def __init__(self, owner: RetentionCache):
         super().__init__()
         self.owner = owner

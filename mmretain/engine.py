@@ -198,6 +198,18 @@ class RetentionRun:
         def fresh_cache_generate(*args, question_tokens: int = 0, **kwargs):
             """``generate`` on a fresh cache unless given one; ``question_tokens=N`` marks the
             prompt's last N tokens as the question (protected), the rest being compressed."""
+            config = kwargs.get("generation_config")
+            if kwargs.get("assistant_model") is not None or (
+                config is not None
+                and (config.prompt_lookup_num_tokens or config.assistant_early_exit)
+            ):
+                # Checked before the cache is touched: transformers would find out only after
+                # the prefill, with a generic error.
+                raise RetentionStateError(
+                    "assisted decoding (assistant_model, prompt lookup, early exit) drafts tokens "
+                    "and then crops the cache back, and evicted entries cannot be restored; "
+                    "generate without it inside mmretain.retain()"
+                )
             cache = self._cache_for(compat.cache_in(kwargs))
             compat.with_cache(kwargs, cache)
             if question_tokens:

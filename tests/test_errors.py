@@ -81,6 +81,26 @@ def test_cache_outside_retain_refuses(llama):
         llama.model(input_ids=torch.tensor([[5, 6, 7]]), **cache_kwargs(cache))
 
 
+@pytest.mark.parametrize("assisted", ["assistant_model", "prompt_lookup_num_tokens"])
+def test_assisted_decoding_is_refused_before_the_prefill(llama, assisted):
+    """It drafts tokens and crops the cache back: evicted entries cannot come back."""
+    from transformers import GenerationConfig
+
+    from mmretain.errors import RetentionStateError
+
+    ids = torch.tensor([[5, 6, 7, 8]])
+    extra = (
+        {"assistant_model": llama.model}
+        if assisted == "assistant_model"
+        else {"generation_config": GenerationConfig(prompt_lookup_num_tokens=2, max_new_tokens=3)}
+    )
+    with mmretain.retain(llama.model, policy="snapkv", budget=64) as run:
+        with pytest.raises(RetentionStateError, match="evicted entries cannot be restored"):
+            llama.model.generate(input_ids=ids, max_new_tokens=3, **extra)
+        assert run.stats.tokens_seen == 0  # nothing was prefilled
+    assert_untouched(llama.model)
+
+
 def test_a_missing_model_directory_is_named(tmp_path, image_file, capsys):
     from mmretain import cli
     from mmretain.errors import ModelLoadError
