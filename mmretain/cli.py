@@ -17,6 +17,7 @@ from .errors import UsageError
 
 DELEGATED_HELP = {
     "train-gates": "train retention gates for a model (see `mmretain train-gates --help`)",
+    "gates": "import gates trained elsewhere: TRIM-KV / DBTrimKV (see `mmretain gates --help`)",
     "testbed": "procedural suites and the test-bed models (see `mmretain testbed --help`)",
     "eval": "benchmarks under KV budgets, resumable, with tables and plots (see `mmretain eval "
     "--help`)",
@@ -26,6 +27,8 @@ DELEGATED_HELP = {
 def _delegated(name: str):
     if name == "train-gates":
         from .gates.cli import main as run
+    elif name == "gates":
+        from .gates.import_cli import main as run
     elif name == "eval":
         from .eval.cli import main as run
     else:

@@ -175,6 +175,33 @@ FACTORIES = {
 }
 
 
+def kept_positions(cache) -> dict[tuple[int, int], set[int]]:
+    """The positions each (layer, KV head) of a `RetentionCache` holds."""
+    return {
+        (layer_idx, h): set(p[0][p[0] >= 0].tolist())
+        for layer_idx, layer in enumerate(cache.layers)
+        for h, p in enumerate(layer.positions)
+    }
+
+
+def top_entries(scores: torch.Tensor, budget: int, allocation: str) -> dict[tuple[int, int], set]:
+    """What a top-k keeps of ``scores`` [layers, heads, T]: ``budget`` per head (uniform), or
+    ``budget`` × layers × heads over all of them (global)."""
+    if allocation == "global":
+        flat = scores.flatten()
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        keep[flat.topk(budget * scores.shape[0] * scores.shape[1]).indices] = True
+        keep = keep.view_as(scores)
+    else:
+        keep = torch.zeros_like(scores, dtype=torch.bool)
+        keep.scatter_(-1, scores.topk(budget, dim=-1).indices, True)
+    return {
+        (layer, h): set(keep[layer, h].nonzero().flatten().tolist())
+        for layer in range(scores.shape[0])
+        for h in range(scores.shape[1])
+    }
+
+
 @pytest.fixture(scope="session", params=sorted(FACTORIES))
 def any_model(request) -> TinyVLM:
     return FACTORIES[request.param]()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import kept_positions
 from transformers import AttentionInterface, DynamicCache
 
 import mmretain
@@ -38,14 +39,6 @@ def reference_attention(module, query, key, value, attention_mask, dropout=0.0, 
 
 
 AttentionInterface.register(REFERENCE, reference_attention)
-
-
-def kept_positions(cache: mmretain.RetentionCache) -> dict:
-    return {
-        (layer_idx, h): set(p[0][p[0] >= 0].tolist())
-        for layer_idx, layer in enumerate(cache.layers)
-        for h, p in enumerate(layer.positions)
-    }
 
 
 def set_attention(model, name: str) -> None:

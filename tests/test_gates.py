@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import FACTORIES, TEXT
+from conftest import FACTORIES, TEXT, kept_positions, top_entries
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import mmretain
@@ -309,6 +309,9 @@ def test_save_load_round_trips_bit_exactly(tmp_path, llama, tied):
         "width": WIDTH,
         "budget": None,
         "allocation": None,
+        "hidden_layers": 2,
+        "activation": "silu",
+        "distance_offset": 0,
     }
 
 
@@ -459,14 +462,6 @@ def test_global_with_shipped_gates_and_full_budget_is_vanilla_generate(tmp_path,
     assert run.stats.entries_kept == run.stats.tokens_seen * run.n_layers * run.n_heads
 
 
-def kept_positions(cache) -> dict[tuple[int, int], set[int]]:
-    return {
-        (layer_idx, h): set(p[0][p[0] >= 0].tolist())
-        for layer_idx, layer in enumerate(cache.layers)
-        for h, p in enumerate(layer.positions)
-    }
-
-
 @pytest.mark.parametrize(("policy", "allocation"), [("global", "global"), ("trimkv", "uniform")])
 def test_eviction_keeps_the_highest_log_beta_times_age(llama, policy, allocation):
     model, budget, length = llama.model, 10, 40
@@ -483,19 +478,7 @@ def test_eviction_keeps_the_highest_log_beta_times_age(llama, policy, allocation
                 for i, layer in enumerate(model.model.layers)
             ]
         )  # [layers, heads, T]
-    if allocation == "global":
-        flat = scores.flatten()
-        keep = torch.zeros_like(flat, dtype=torch.bool)
-        keep[flat.topk(budget * scores.shape[0] * scores.shape[1]).indices] = True
-        keep = keep.view_as(scores)
-    else:
-        keep = torch.zeros_like(scores, dtype=torch.bool)
-        keep.scatter_(-1, scores.topk(budget, dim=-1).indices, True)
-    expected = {
-        (layer, h): set(keep[layer, h].nonzero().flatten().tolist())
-        for layer in range(scores.shape[0])
-        for h in range(scores.shape[1])
-    }
+    expected = top_entries(scores, budget, allocation)
 
     config = mmretain.RetentionConfig(
         policy=policy,

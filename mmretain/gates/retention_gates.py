@@ -13,6 +13,7 @@ https://arxiv.org/abs/2605.09649).
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers.activations import ACT2FN
 
 from ..budget import ALLOCATIONS
 from ..errors import GatesMismatchError, GatesNotFoundError
@@ -42,6 +44,14 @@ class GatesConfig:
     ``budget`` is the per-head capacity M the gates were trained for (None if untrained).
     ``allocation`` is the allocation the gates rank best with, when one was chosen for them on
     held-out samples (None: the policy's own); `RetentionConfig.allocation` overrides it.
+
+    The layout: ``hidden_layers`` linear layers of ``width``, each followed by ``activation`` (a
+    transformers activation name), then the readout. mmretain's own gates are two SiLU layers,
+    the layout of TRIM-KV's ``rg10`` gates (DBTrimKV); its ``rg`` gates have one layer, both with
+    the base model's activation. ``distance_offset`` is added to every entry's age when it is
+    scored: 0 for gates trained here (the next query reads an entry at age t − i, as in training),
+    1 for gates imported from TRIM-KV's code, which scores at ``seen + 1`` (see
+    `mmretain.gates.trimkv_import`), so imported gates keep what that code keeps.
     """
 
     model_family: str
@@ -52,6 +62,9 @@ class GatesConfig:
     width: int = 512
     budget: int | None = None
     allocation: str | None = None
+    hidden_layers: int = 2
+    activation: str = "silu"
+    distance_offset: int = 0
 
     @classmethod
     def for_model(cls, config, *, tied: bool, width: int = 512) -> GatesConfig:
@@ -76,7 +89,8 @@ class GatesConfig:
 
 
 class RetentionGates(nn.Module):
-    """Per-layer gates: d → width (SiLU) → width (SiLU) → one logit per KV head → logsigmoid.
+    """Per-layer gates: d → width (SiLU) → width (SiLU) → one logit per KV head → logsigmoid
+    (the layout `GatesConfig` describes).
 
     ``gates(layer, hidden)`` takes the layer's gate input [b, q, d] and returns log β
     [b, kv_heads, q]. Untied (TRIM-KV) gates have one readout per layer; tied ("global") gates
@@ -86,12 +100,19 @@ class RetentionGates(nn.Module):
     def __init__(self, config: GatesConfig):
         super().__init__()
         self.config = config
+        if config.hidden_layers < 1 or config.activation not in ACT2FN:
+            raise GatesMismatchError(
+                f"gates need at least one hidden layer and a transformers activation, got "
+                f"hidden_layers={config.hidden_layers}, activation={config.activation!r}"
+            )
+        widths = [config.hidden_size] + [config.width] * config.hidden_layers
         self.trunks = nn.ModuleList(
             nn.Sequential(
-                nn.Linear(config.hidden_size, config.width),
-                nn.SiLU(),
-                nn.Linear(config.width, config.width),
-                nn.SiLU(),
+                *(
+                    module
+                    for inputs, outputs in itertools.pairwise(widths)
+                    for module in (nn.Linear(inputs, outputs), ACT2FN[config.activation])
+                )
             )
             for _ in range(config.num_layers)
         )

@@ -80,7 +80,7 @@ class GatedRetention(RetentionPolicy):
     def score(self, view: LayerView) -> list[torch.Tensor]:
         # What an entry is worth to the queries still to come, the next one at position
         # ``tokens_seen``: an entry its gate forgets at once is worth nothing to them, however new.
-        upcoming = view.tokens_seen
+        upcoming = view.tokens_seen + self._gates.config.distance_offset
         return [
             log_beta * (upcoming - positions).clamp_min(1).to(log_beta.dtype)
             for log_beta, positions in zip(view.state, view.positions, strict=True)
