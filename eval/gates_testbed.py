@@ -58,7 +58,7 @@ CONVERSATION_NOTE = [
 NOTES = {
     "image-needle": [
         "Flagged on the Qwen2-VL model: `global` at 10% (93.3, after 100.0 at 5%). All four",
-        'misses are the top/bottom question about a needle just above the middle (rows 4-6 of',
+        "misses are the top/bottom question about a needle just above the middle (rows 4-6 of",
         '16) answered "bottom"; two of them miss at 25% too. Measured on samples 37, 57 and 16',
         "(needle rows 6, 5 and 4): the image entries kept, in the top and the bottom half, were",
         "2.1 / 2.9, 1.5 / 3.2 and 2.6 / 2.5 token-equivalents at 5% (all right), 7.5 / 6.4, 6.0",

@@ -65,10 +65,11 @@ def test_chat_image_example_runs_on_a_checkpoint(checkpoint):
 
 def test_train_gates_example_beats_snapkv_on_the_testbed_model(tmp_path):
     """The direction a user sees with the example: its own gates keep the needle where SnapKV
-    loses it (16 held-out videos: 93.8% against 62.5% after 100 steps, 100% after 300)."""
+    loses it (with the defaults, 300 steps and 32 held-out videos: 100% against 46.9%; here
+    100 steps and 8 videos)."""
     options = ["--steps", "100", "--samples", "8"]
     out = run_example("train_gates.py", *options, "--out", str(tmp_path / "gates"))
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
     assert float(rows["global"][0].rstrip("%")) > float(rows["snapkv"][0].rstrip("%"))
 
 
@@ -78,7 +79,7 @@ def test_train_gates_example_trains_and_compares_policies(tmp_path):
     model = write_testbed(tmp_path / "model")
     options = ["--model", str(model), "--steps", "3", "--width", "16", "--samples", "2"]
     out = run_example("train_gates.py", *options, "--out", str(tmp_path / "gates"))
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
     assert set(rows) == {"full", "snapkv", "global"}
     assert rows["full"][1] == "100.0%"
     assert float(rows["global"][1].rstrip("%")) < 100
