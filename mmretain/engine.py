@@ -35,7 +35,7 @@ from .attention import ATTENTION_NAME, CACHE_KWARG, HIDDEN_KWARG, RUN_KWARG
 from .budget import allocate, latest_that_fit, protection_fits
 from .cache import EMPTY, RetentionCache, RetentionLayer, RetentionStats
 from .config import RetentionConfig
-from .errors import BudgetWarning, RetentionStateError
+from .errors import BudgetWarning, ConfigError, RetentionStateError
 from .policies.base import LayerView, attention_probs
 from .tags import Modality
 from .vision_saliency import VISION_ATTENTION_NAME
@@ -381,10 +381,21 @@ class RetentionRun:
         """
         batch = cache.initialized_layers[0].storage[0][0].shape[0]
         tokens = max(cache.get_seq_length(), cache.prompt_tokens)
-        entries = self.config.parsed_budget.entries(
-            tokens, self.n_layers, self.n_heads, cache.bytes_per_entry()
-        )
-        return entries // batch if self.config.parsed_budget.kind == "bytes" else entries
+        budget = self.config.parsed_budget
+        entry_bytes = cache.bytes_per_entry()
+        entries = budget.entries(tokens, self.n_layers, self.n_heads, entry_bytes)
+        if budget.kind != "bytes":
+            return entries
+        slots = self.n_layers * self.n_heads
+        if entries // batch < slots:
+            # Token and fraction budgets keep at least one position in every layer and head;
+            # a byte budget below that would leave attention with nothing to read.
+            raise ConfigError(
+                f"a KV budget of {budget} holds {entries // batch} entries per sequence, fewer "
+                f"than one per layer and KV head ({slots} entries of {entry_bytes} bytes for "
+                f"this model); give at least {slots * entry_bytes * batch} bytes"
+            )
+        return entries // batch
 
     def maybe_evict(self, cache: RetentionCache, decoding: bool) -> None:
         """Evict when the cache holds more than the budget.

@@ -1,4 +1,4 @@
-"""Issue 28's probes, run as a user runs them: bad training data, checkpoints and arguments,
+"""Bad input, run as a user runs it: bad training data, checkpoints, arguments and budgets,
 CLIP folders that would reach a hub, two evaluations on one folder, Ctrl-C, the lmms-eval
 plugin's model_args. Each ends in exit 2 (130 for Ctrl-C) and one stderr line, no traceback."""
 
@@ -100,6 +100,37 @@ def safetensors_batch(directory: Path, **tensors: torch.Tensor) -> Path:
 
 IDS = torch.tensor([[5, 6, 7, 8]])
 MASK = torch.tensor([[0, 0, 1, 1]])
+
+
+@pytest.mark.parametrize(
+    ("batch", "fragment"),
+    [
+        ({"input_ids": torch.tensor([[5, 6, VOCAB]])}, "lacks ['target_mask']"),
+        (
+            {"input_ids": torch.tensor([[5, 6, VOCAB]]), "target_mask": torch.tensor([[0, 1, 1]])},
+            "training batch 0 holds token ids from 5 to 128, outside",
+        ),
+        ([5, 6, 7], "training batch 0 is a list, not a dict of tensors"),
+    ],
+)
+def test_train_gates_in_code_checks_each_batch_as_the_command_does(
+    llama, tmp_path, batch, fragment
+):
+    from mmretain.errors import GatesTrainingError
+    from mmretain.gates import train_gates
+
+    with pytest.raises(GatesTrainingError) as error:
+        train_gates(
+            llama.model,
+            [batch],
+            budget=6,
+            tied=True,
+            steps=1,
+            out=tmp_path,
+            width=8,
+            progress=False,
+        )
+    assert fragment in str(error.value)
 
 
 @pytest.mark.parametrize(
@@ -555,3 +586,13 @@ def test_an_image_too_narrow_for_the_processor_is_refused_with_the_fix(tmp_path)
     image = {"type": "image", "image": str(path)}
     with pytest.raises(MediaError, match=r"500x2 pixels.*pad the short side"):
         vlm.chat([{"role": "user", "content": [image, {"type": "text", "text": "what ?"}]}], 1)
+
+
+def test_a_byte_budget_below_one_entry_per_head_is_refused_with_the_minimum(capsys):
+    """Tokens and fractions keep at least one position per layer and head; bytes below that
+    would leave attention nothing to read, so the answer was noise."""
+    assert cli.main(["video-qa", "--demo", "--budget", "1B"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fewer than one per layer and KV head" in err
+    minimum = int(err.rsplit("give at least ", 1)[1].split()[0])
+    assert cli.main(["video-qa", "--demo", "--budget", f"{minimum}B"]) == 0

@@ -74,12 +74,7 @@ class BatchDirectory:
     def check_vocabulary(self, vocab_size: int) -> None:
         """Raise `GatesTrainingError` naming the first batch with an id outside [0, vocab_size)."""
         for where, (low, high) in self.id_ranges.items():
-            if low < 0 or high >= vocab_size:
-                raise GatesTrainingError(
-                    f"batch {where} holds token ids from {low} to {high}, outside the model's "
-                    f"vocabulary (0 to {vocab_size - 1}); tokenize the data with this model's "
-                    "tokenizer"
-                )
+            _check_id_range(low, high, vocab_size, f"batch {where}")
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for path in self.files:
@@ -159,6 +154,14 @@ def _check(batch: dict[str, torch.Tensor | tuple[int, ...]], where: str) -> None
             _check_grid(shapes[media], batch.get(grid), f"batch {where}: {media}", grid)
 
 
+def _check_id_range(low: int, high: int, vocab_size: int, where: str) -> None:
+    if low < 0 or high >= vocab_size:
+        raise GatesTrainingError(
+            f"{where} holds token ids from {low} to {high}, outside the model's vocabulary (0 to "
+            f"{vocab_size - 1}); tokenize the data with this model's tokenizer"
+        )
+
+
 def _check_grid(patches: tuple[int, ...], grid: torch.Tensor | None, what: str, name: str) -> None:
     """Flattened patches [n, dim] come with a grid [media, 3] whose t·h·w sum to n."""
     if grid is None:
@@ -199,13 +202,19 @@ def testbed_batches(model_path: str, *, seed: int = 0) -> Iterable[dict[str, tor
 
 
 def batch_stream(
-    batches: Iterable[dict[str, torch.Tensor]], *, skip: int = 0, shard: tuple[int, int] = (0, 1)
+    batches: Iterable[dict[str, torch.Tensor]],
+    *,
+    skip: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    vocab_size: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless stream over ``batches``, starting again at the end of a re-iterable source.
 
     Process ``rank`` of ``world`` (``shard``) takes every world-th batch; the first ``skip``
     steps' batches are passed over, so a resumed run sees what an uninterrupted one would have.
-    A one-shot iterator that runs out raises, naming how far it got.
+    A one-shot iterator that runs out raises, naming how far it got. Each batch taken is checked
+    as `BatchDirectory` checks its files (and its ids against ``vocab_size``), so batches given
+    in code fail with the same message, not deep inside the model.
     """
     rank, world = shard
     index = 0
@@ -214,6 +223,16 @@ def batch_stream(
         for batch in batches:
             produced = True
             if index >= skip * world and index % world == rank:
+                where = f"training batch {index}"
+                if not isinstance(batch, dict):
+                    raise GatesTrainingError(
+                        f"{where} is a {type(batch).__name__}, not a dict of tensors; see "
+                        "mmretain.gates.data for the format"
+                    )
+                _check(batch, where)
+                ids = batch["input_ids"]
+                if vocab_size is not None and ids.numel():
+                    _check_id_range(int(ids.min()), int(ids.max()), vocab_size, where)
                 yield batch
             index += 1
         if not produced or iter(batches) is batches:

@@ -101,6 +101,7 @@ def train_gates(
         batches,
         skip=start * accumulate,
         shard=(accelerator.process_index, accelerator.num_processes),
+        vocab_size=model.get_input_embeddings().num_embeddings,
     )
     options = {
         "budget": budget,
