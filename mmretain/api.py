@@ -360,13 +360,7 @@ class RetainedVLM:
     ) -> list[Answer]:
         """Score the frames against ``question``, stream the retrieved ones with the prior
         laid on them, and answer."""
-        from .relevance import (
-            RelevancePrior,
-            RelevanceScorer,
-            normalized,
-            retrieved_video,
-            select_frames,
-        )
+        from .relevance import RelevanceScorer, normalized, retrieved_video, select_frames
 
         start = time.perf_counter()
         relevance = self.config.relevance
@@ -378,9 +372,6 @@ class RetainedVLM:
                 scores, chunk_frames, relevance.retrieve, relevance.context_frames
             )
             video, scores = retrieved_video(video, frames), scores[frames]
-        prior = self.run.policy if isinstance(self.run.policy, RelevancePrior) else None
-        if prior is not None:
-            prior.set_frames(normalized(scores))
         answers = self._stream_and_answer(
             video,
             [question],
@@ -388,7 +379,7 @@ class RetainedVLM:
             question_first,
             config,
             progress,
-            on_chunk=None if prior is None else prior.mark,
+            frame_relevance=normalized(scores) if relevance.prior else None,
         )
         for answer in answers:
             answer.seconds = time.perf_counter() - start  # the CLIP pass included
@@ -402,12 +393,20 @@ class RetainedVLM:
         question_first: bool,
         config: GenerationConfig,
         progress: Callable[[VideoProgress], None] | None,
-        on_chunk: Callable[[int, int, int, int, int], None] | None = None,
+        frame_relevance: torch.Tensor | None = None,
     ) -> list[Answer]:
+        """Stream ``video`` once and answer every question from a copy of it; with
+        ``frame_relevance`` (per frame, in [0, 1]) each chunk's entries are marked with it on
+        the cache, for a relevance prior."""
         start = time.perf_counter()
         prompts = [self._video_prompt(q, question_first) for q in questions]
         spans = self._question_spans(prompts, question_first)
         context = Session(self.run)
+        on_chunk = None
+        if frame_relevance is not None:
+            from .relevance import marking
+
+            on_chunk = marking(context.cache, frame_relevance)
         with self._hooked():
             frames = stream_video(
                 context,

@@ -368,6 +368,9 @@ class RetentionCache(Cache):
         self.pending_tags: TokenTags | None = None  # tags of the next forward's tokens
         self.lifted_protections: set[str] = set()  # protections a warning has named
         self.restarts = 0  # conversations before this one that this cache replaced
+        # Question relevance of the video entry at each position (a relevance prior's marks);
+        # positions past its end, or never marked, read 0.
+        self.position_relevance = torch.zeros(0)
         # The call in flight: the chunks of a long prompt still to prefill, and whether it
         # decodes one token (eviction then waits for the buffer to fill).
         self.pending_chunks: list[Any] = []
@@ -391,6 +394,15 @@ class RetentionCache(Cache):
         generated = self.get_seq_length() and n == 1
         code = Modality.GENERATED if generated else Modality.TEXT
         return torch.full((b, n), int(code), dtype=_MODALITY_DTYPE)
+
+    def mark_relevance(self, start: int, values: torch.Tensor) -> None:
+        """Positions [start, start + len(values)) hold video entries of that relevance."""
+        end = start + values.numel()
+        if self.position_relevance.numel() < end:
+            grown = torch.zeros(end)
+            grown[: self.position_relevance.numel()] = self.position_relevance
+            self.position_relevance = grown
+        self.position_relevance[start:end] = values.float().cpu()
 
     def start_turn(self, start: int, end: int) -> None:
         """Tokens [start, end) are the latest question: with ``protect_turn`` its text is kept

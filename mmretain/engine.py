@@ -461,6 +461,7 @@ class RetentionRun:
                 window_positions=layer.window_positions,
                 scaling=layer.scaling,
                 tokens_seen=seen,
+                relevance=cache.position_relevance,
             )
             for i, layer in enumerate(layers)
         ]

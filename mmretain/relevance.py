@@ -28,7 +28,7 @@ import copy
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,7 @@ from .shipped import clip_path
 from .tags import Modality
 
 if TYPE_CHECKING:
+    from .cache import RetentionCache
     from .media import Video
 
 TESTBED_CLIP = "testbed-clip"
@@ -322,13 +323,41 @@ def normalized(scores: torch.Tensor) -> torch.Tensor:
     return (scores - scores.min()) / span if span > 0 else torch.zeros_like(scores)
 
 
+def frame_marks(
+    relevance: torch.Tensor, tokens: int, first_frame: int, frames: int, steps: int
+) -> torch.Tensor:
+    """Relevance [tokens] of a chunk's video entries: frames [first_frame, + frames) of the
+    per-frame ``relevance``, laid out in ``steps`` equal temporal steps; a token gets the best
+    relevance of its step's frames (a step of a temporal-patch encoder mixes its frames)."""
+    best = torch.zeros(max(tokens, 0))
+    for s in range(steps if tokens > 0 and frames > 0 else 0):
+        first = first_frame + s * frames // steps
+        last = max(first_frame + (s + 1) * frames // steps, first + 1)
+        held = relevance[first:last]
+        if held.numel():
+            best[s * tokens // steps : (s + 1) * tokens // steps] = held.max()
+    return best
+
+
+def marking(
+    cache: RetentionCache, relevance: torch.Tensor
+) -> Callable[[int, int, int, int, int], None]:
+    """An ``on_chunk`` for `stream_video` that marks each chunk's positions on ``cache`` with
+    the per-frame ``relevance`` (in [0, 1]), for a `RelevancePrior` to read."""
+
+    def on_chunk(start: int, tokens: int, first_frame: int, frames: int, steps: int) -> None:
+        cache.mark_relevance(start, frame_marks(relevance, tokens, first_frame, frames, steps))
+
+    return on_chunk
+
+
 class RelevancePrior(RetentionPolicy):
     """Any policy, with ``weight`` times the question's relevance added to video entries.
 
-    Scores are calibrated as the module doc says. The relevance of each streamed frame comes
-    from `set_frames`, and which cache positions hold which frames from `mark`, called as each
-    chunk of the video goes in; a snapshot of the cache shares the video, hence the marks.
-    With ``weight=0`` the policy's scores pass through untouched.
+    Scores are calibrated as the module doc says. The relevance of each video entry is read
+    from the cache it lies in (`RetentionCache.mark_relevance`, set as each chunk of the video
+    goes in: `marking`), so the policy holds nothing of a video and a snapshot of the cache
+    carries its marks. With ``weight=0`` the policy's scores pass through untouched.
     """
 
     def __init__(self, base: RetentionPolicy, weight: float):
@@ -341,8 +370,6 @@ class RelevancePrior(RetentionPolicy):
         self.evicts = base.evicts
         self.uses_vision_saliency = base.uses_vision_saliency
         self.comparable = base.comparable or self.weight > 0
-        self.frames = torch.zeros(0)
-        self.by_position = torch.zeros(0)
 
     def __repr__(self) -> str:
         return f"RelevancePrior({self.base!r}, weight={self.weight})"
@@ -361,30 +388,6 @@ class RelevancePrior(RetentionPolicy):
     def observe(self, layer: int, head: int, probs: torch.Tensor, state: torch.Tensor) -> None:
         self.base.observe(layer, head, probs, state)
 
-    def set_frames(self, relevance: torch.Tensor) -> None:
-        """Relevance in [0, 1] of each frame about to stream; forgets earlier marks."""
-        self.frames = relevance.float().cpu()
-        self.by_position = torch.zeros(0)
-
-    def mark(self, start: int, tokens: int, first_frame: int, frames: int, steps: int) -> None:
-        """Cache positions [start, start + tokens) hold frames [first_frame, + frames), laid
-        out in ``steps`` equal temporal steps; a token gets the best relevance of its step's
-        frames (a step of a temporal-patch encoder mixes its frames)."""
-        if tokens <= 0 or frames <= 0:
-            return
-        if self.by_position.numel() < start + tokens:
-            grown = torch.zeros(start + tokens)
-            grown[: self.by_position.numel()] = self.by_position
-            self.by_position = grown
-        best = torch.zeros(tokens)
-        for s in range(steps):
-            first = first_frame + s * frames // steps
-            last = max(first_frame + (s + 1) * frames // steps, first + 1)
-            held = self.frames[first:last]
-            if held.numel():
-                best[s * tokens // steps : (s + 1) * tokens // steps] = held.max()
-        self.by_position[start : start + tokens] = best
-
     def score(self, view: LayerView) -> list[torch.Tensor]:
         return self.score_layers([view])[0]
 
@@ -402,21 +405,22 @@ class RelevancePrior(RetentionPolicy):
             row = []
             for s, positions, modality in zip(layer, view.positions, view.modality, strict=True):
                 n = s.shape[1]
-                row.append(
-                    quantile[:, at : at + n] + self.weight * self._relevance(positions, modality)
-                )
+                lift = _relevance(view.relevance, positions, modality)
+                row.append(quantile[:, at : at + n] + self.weight * lift)
                 at += n
             out.append(row)
         return out
 
-    def _relevance(self, positions: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        """Relevance [b, L] of entries at ``positions``: their frame's for video, else 0."""
-        table = torch.cat([self.by_position, torch.zeros(1)]).to(positions.device)
-        # Positions never marked (text, or beyond the video) read the trailing zero.
-        index = torch.where(
-            (positions >= 0) & (positions < table.numel() - 1), positions.long(), -1
-        )
-        return torch.where(modality == int(Modality.VIDEO), table[index], 0.0)
+
+def _relevance(
+    table: torch.Tensor | None, positions: torch.Tensor, modality: torch.Tensor
+) -> torch.Tensor:
+    """Relevance [b, L] of entries at ``positions``: their frame's for video, else 0."""
+    marks = torch.zeros(0) if table is None else table
+    table = torch.cat([marks, torch.zeros(1)]).to(positions.device)
+    # Positions never marked (text, or beyond the video) read the trailing zero.
+    index = torch.where((positions >= 0) & (positions < table.numel() - 1), positions.long(), -1)
+    return torch.where(modality == int(Modality.VIDEO), table[index], 0.0)
 
 
 def _quantile(flat: torch.Tensor) -> torch.Tensor:

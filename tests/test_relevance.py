@@ -21,7 +21,9 @@ from mmretain.relevance import (  # noqa: E402
     Relevance,
     RelevancePrior,
     RelevanceScorer,
+    frame_marks,
     load_clip,
+    marking,
     normalized,
     select_frames,
 )
@@ -140,9 +142,15 @@ def _views(policy, seed=0):
                 torch.arange(9, 12),
                 0.35,
                 12,
+                MARKED,
             )
         )
     return views
+
+
+# Frames of relevance 0, 0.1, 1 and 0.2 at positions 4-11, two entries per frame: frame 2 at
+# positions 8 and 9. Every view carries them; a policy without a prior reads none.
+MARKED = torch.cat([torch.zeros(4), frame_marks(torch.tensor([0.0, 0.1, 1.0, 0.2]), 8, 0, 4, 4)])
 
 
 def _kept(policy, views, capacity=12):
@@ -167,10 +175,7 @@ def _kept(policy, views, capacity=12):
 
 
 def _marked(base, weight):
-    prior = RelevancePrior(base, weight)
-    prior.set_frames(torch.tensor([0.0, 0.1, 1.0, 0.2]))
-    prior.mark(4, 8, 0, 4, 4)  # two entries per frame: frame 2 at positions 8 and 9
-    return prior
+    return RelevancePrior(base, weight)
 
 
 @pytest.mark.parametrize("name", ["snapkv", "knorm", "random"])
@@ -214,16 +219,16 @@ def test_the_prior_runs_under_global_on_the_testbed_model(tmp_path):
 
     def stream(weight):
         vlm = load("testbed", policy="global", budget=0.05, relevance=Relevance(prior=1.0))
-        prior = vlm.run.policy
-        prior.weight = weight
-        prior.set_frames(relevance)
-
-        def on_chunk(*chunk):
-            marks.append(chunk)
-            prior.mark(*chunk)
+        vlm.run.policy.weight = weight
 
         with vlm._hooked():
             session = Session(vlm.run)
+            mark = marking(session.cache, relevance)
+
+            def on_chunk(*chunk):
+                marks.append(chunk)
+                mark(*chunk)
+
             stream_video(session, vlm.processor, Video(tmp_path / "needle.mp4"), on_chunk=on_chunk)
         return [set(p[0].tolist()) for layer in session.cache.layers for p in layer.positions]
 
@@ -281,3 +286,20 @@ def test_video_qa_relevance_flags(tmp_path, capsys):
     assert "--relevance clip" in capsys.readouterr().err
     assert main([*ask, "--relevance", "clip", "--clip-model", str(tmp_path)]) == 2
     assert "no .safetensors weights" in capsys.readouterr().err
+
+
+def test_relevance_marks_belong_to_the_cache_they_were_made_on():
+    """A prior keeps nothing of a video: the marks live on the sequence's cache, a copy of the
+    cache carries them, and another sequence of the same run starts without any."""
+    import copy
+
+    from mmretain.cache import RetentionCache
+
+    cache, other = RetentionCache(2), RetentionCache(2)
+    marking(cache, torch.tensor([0.0, 1.0]))(3, 4, 0, 2, 2)  # two frames, two entries each
+    assert cache.position_relevance.tolist() == [0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    branch = copy.deepcopy(cache)
+    marking(branch, torch.tensor([0.5]))(7, 1, 0, 1, 1)
+    assert branch.position_relevance.tolist()[-1] == 0.5
+    assert cache.position_relevance.numel() == 7 and other.position_relevance.numel() == 0
+    assert not {"frames", "by_position"} & set(vars(RelevancePrior(build_policy("snapkv"), 1.0)))

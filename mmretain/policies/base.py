@@ -30,6 +30,8 @@ class LayerView:
     window_positions: torch.Tensor | None
     scaling: float
     tokens_seen: int
+    # The sequence's question relevance by position (`RetentionCache.position_relevance`).
+    relevance: torch.Tensor | None = None
 
     @property
     def n_kv_heads(self) -> int:
