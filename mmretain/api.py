@@ -15,6 +15,7 @@ import torch
 from transformers import AutoProcessor, GenerationConfig
 
 from . import media
+from .adapters.base import changed_span
 from .cache import RetentionStats
 from .config import RetentionConfig
 from .defaults import AUTO, DEFAULT_BUDGET
@@ -23,7 +24,6 @@ from .errors import (
     ConfigError,
     ConversationRestartWarning,
     FrameSamplingError,
-    ModelLoadError,
 )
 from .location import checkpoint_location, load_errors, load_model
 from .session import Session
@@ -165,7 +165,7 @@ class RetainedVLM:
         # The latest user message's text is the question: where it lies shows against the
         # same conversation with that text left out.
         blank = render(_without_last_question(messages))["input_ids"][0].tolist()
-        question = _changed_span(ids, blank)
+        question = changed_span(ids, blank)
         config = self.generation_config(generation_config, max_new_tokens)
         session = self._chat
         continuation = None
@@ -222,7 +222,7 @@ class RetainedVLM:
             with_reply = render(messages[: n + 1], False)["input_ids"][0].tolist()
             emptied = {**messages[n], "content": ""}
             without = render([*messages[:n], emptied], False)["input_ids"][0].tolist()
-            reply_start, reply_end = _changed_span(with_reply, without)
+            reply_start, reply_end = changed_span(with_reply, without)
             if (
                 with_reply[: len(turn.ids)] == turn.ids
                 and reply_start >= len(turn.ids)
@@ -321,34 +321,6 @@ class RetainedVLM:
             ]
         return self._stream_and_answer(video, questions, chunk_frames, False, config, progress)
 
-    def _question_spans(
-        self, prompts: Sequence[tuple[list[int], list[int]]], question_first: bool
-    ) -> list[tuple[int, int]]:
-        """Where each question lies in the prefix (question first) or suffix of its prompt, as
-        `_video_prompt` rendered it: against the prompt of an empty question, rendered once."""
-        side = 0 if question_first else 1
-        blank = self._video_prompt("", question_first)[side]
-        return [_changed_span(prompt[side], blank) for prompt in prompts]
-
-    def _video_prompt(self, question: str, question_first: bool) -> tuple[list[int], list[int]]:
-        """Token ids before and after the video's placeholder in the chat-formatted prompt."""
-        parts = [{"type": "video"}, {"type": "text", "text": question}]
-        messages = [{"role": "user", "content": parts[::-1] if question_first else parts}]
-        text = self.processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
-        # As the processor itself rewrites it around the placeholder (Qwen3-VL, 5.25 on).
-        text = self.run.adapter.video_prompt_text(self.processor, text)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        video_token = self.run.adapter.video_token_id
-        if ids.count(video_token) != 1:
-            raise ModelLoadError(
-                "the processor's chat template does not render exactly one video placeholder; "
-                "use a video-capable model and processor"
-            )
-        cut = ids.index(video_token)
-        return ids[:cut], ids[cut + 1 :]
-
     def _relevant_answer(
         self,
         video: media.Video,
@@ -399,8 +371,10 @@ class RetainedVLM:
         ``frame_relevance`` (per frame, in [0, 1]) each chunk's entries are marked with it on
         the cache, for a relevance prior."""
         start = time.perf_counter()
-        prompts = [self._video_prompt(q, question_first) for q in questions]
-        spans = self._question_spans(prompts, question_first)
+        prompts = [
+            self.run.adapter.video_prompt(self.processor, q, question_first=question_first)
+            for q in questions
+        ]
         context = Session(self.run)
         on_chunk = None
         if frame_relevance is not None:
@@ -412,36 +386,25 @@ class RetainedVLM:
                 context,
                 self.processor,
                 video,
-                prompts[0][0],
-                question=spans[0] if question_first else None,
+                prompts[0].prefix,
+                question=prompts[0].question if question_first else None,
                 chunk_frames=chunk_frames,
                 progress=progress,
                 on_chunk=on_chunk,
             )
             answers = []
-            for question, (_, suffix), span in zip(questions, prompts, spans, strict=True):
+            for question, prompt in zip(questions, prompts, strict=True):
                 answer = self._answer(
                     context.snapshot(),
-                    {"input_ids": torch.tensor([suffix], dtype=torch.long)},
+                    {"input_ids": torch.tensor([prompt.suffix], dtype=torch.long)},
                     config,
-                    (0, 0) if question_first else span,
+                    (0, 0) if question_first else prompt.question,
                     question=question,
                     frames=frames,
                 )
                 answer.seconds = time.perf_counter() - start
                 answers.append(answer)
         return answers
-
-
-def _changed_span(ids: list[int], blank: list[int]) -> tuple[int, int]:
-    """The span [start, end) of ``ids`` that differs from ``blank``: what was left out of it."""
-    start = 0
-    while start < min(len(ids), len(blank)) and ids[start] == blank[start]:
-        start += 1
-    end = 0
-    while end < min(len(ids), len(blank)) - start and ids[-1 - end] == blank[-1 - end]:
-        end += 1
-    return start, len(ids) - end
 
 
 def _without_last_question(messages: Messages) -> Messages:

@@ -65,7 +65,7 @@ def test_chunk_timestamps_do_not_start_a_turn(tmp_path):
         path, (rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(8)), 2
     )
     question = vlm.tokenizer(QUESTION, add_special_tokens=False)["input_ids"]
-    prefix = vlm._video_prompt(QUESTION, question_first=True)[0]
+    prefix = vlm.run.adapter.video_prompt(vlm.processor, QUESTION, question_first=True).prefix
     start = next(i for i in range(len(prefix)) if prefix[i : i + len(question)] == question)
     asked = set(range(start, start + len(question)))
     kept_after_chunks = []
@@ -103,7 +103,7 @@ def test_a_fraction_is_of_the_whole_video_from_the_first_chunk(tmp_path):
     [answer] = vlm.answer_video(
         path, QUESTION, fps=2, chunk_frames=2, max_new_tokens=1, progress=reports.append
     )
-    suffix = len(vlm._video_prompt(QUESTION, question_first=False)[1])
+    suffix = len(vlm.run.adapter.video_prompt(vlm.processor, QUESTION).suffix)
     slots = answer.stats.slots
     video_prompt = answer.stats.tokens_seen - suffix
     assert [r.entries_budget for r in reports] == [int(0.25 * video_prompt) * slots] * 4

@@ -89,7 +89,7 @@ def test_a_fraction_is_of_the_whole_video_from_the_first_chunk(checkpoint, video
     answers = vlm.answer_video(
         video_file, QUESTIONS, fps=4, chunk_frames=4, max_new_tokens=1, progress=reports.append
     )
-    suffixes = [len(vlm._video_prompt(q, question_first=False)[1]) for q in QUESTIONS]
+    suffixes = [len(vlm.run.adapter.video_prompt(vlm.processor, q).suffix) for q in QUESTIONS]
     assert suffixes[0] != suffixes[1]
     slots = answers[0].stats.slots
     video_prompt = answers[0].stats.tokens_seen - suffixes[0]
@@ -113,7 +113,8 @@ def test_the_text_before_a_video_gets_the_budget_of_the_whole_prompt(checkpoint,
     (answer,) = vlm.answer_video(
         video_file, QUESTIONS[0], fps=4, chunk_frames=4, max_new_tokens=1, question_first=True
     )
-    suffix = len(vlm._video_prompt(QUESTIONS[0], question_first=True)[1])
+    prompt = vlm.run.adapter.video_prompt(vlm.processor, QUESTIONS[0], question_first=True)
+    suffix = len(prompt.suffix)
     video_prompt = answer.stats.tokens_seen - suffix
     # The question before the video is not cut to a quarter of itself before the video arrives.
     assert set(capacities[:-1]) == {int(0.25 * video_prompt) * answer.stats.slots}
@@ -334,12 +335,12 @@ def test_a_retain_user_streams_a_video_and_calls_generate(checkpoint, video_file
     give what answer_video gives."""
     vlm = load(checkpoint, policy="snapkv", budget=24, recent=4)
     (expected,) = vlm.answer_video(video_file, QUESTIONS[0], fps=4, max_new_tokens=4)
-    prefix, suffix = vlm._video_prompt(QUESTIONS[0], question_first=False)
-    (question,) = vlm._question_spans([(prefix, suffix)], question_first=False)
+    prompt = vlm.run.adapter.video_prompt(vlm.processor, QUESTIONS[0])
     with torch.inference_mode(), mmretain.retain(vlm.model, vlm.config) as run:
         session = Session(run)
-        frames = stream_video(session, vlm.processor, media.Video(video_file, fps=4), prefix)
-        inputs = session.generate_inputs(torch.tensor([suffix]), question)
+        video = media.Video(video_file, fps=4)
+        frames = stream_video(session, vlm.processor, video, prompt.prefix)
+        inputs = session.generate_inputs(torch.tensor([prompt.suffix]), prompt.question)
         out = vlm.model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert frames == 20
     assert out[0, inputs["input_ids"].shape[1] :].tolist() == expected.tokens

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -13,6 +14,29 @@ from torch import nn
 from ..errors import MediaError, UnsupportedModelError
 from ..tags import Modality, TokenTags
 from ..vision_saliency import VisionSaliencyTap
+
+
+@dataclass(frozen=True)
+class VideoPrompt:
+    """A user turn holding a video and a question, as token ids around the video: ``prefix``
+    goes in before the streamed video, ``suffix`` after it; ``question`` is the span [start,
+    end) of the question's text in the prefix (``question_first``) or else the suffix."""
+
+    prefix: list[int]
+    suffix: list[int]
+    question: tuple[int, int]
+    question_first: bool = False
+
+
+def changed_span(ids: list[int], blank: list[int]) -> tuple[int, int]:
+    """The span [start, end) of ``ids`` that differs from ``blank``: what was left out of it."""
+    start = 0
+    while start < min(len(ids), len(blank)) and ids[start] == blank[start]:
+        start += 1
+    end = 0
+    while end < min(len(ids), len(blank)) - start and ids[-1 - end] == blank[-1 - end]:
+        end += 1
+    return start, len(ids) - end
 
 
 class Adapter:
@@ -147,6 +171,35 @@ class Adapter:
         """(rows, cols) of one frame's tokens."""
         side = math.isqrt(max(tokens // max(frames, 1), 1))
         return side, side
+
+    def video_prompt(
+        self, processor: Any, question: str, *, question_first: bool = False
+    ) -> VideoPrompt:
+        """The chat-formatted prompt of one user turn holding a video and ``question``, as the
+        token ids before and after the video (`stream_video` takes the first; the second goes in
+        after the video, with generate) and where the question lies in them."""
+        prefix, suffix = self._video_prompt_ids(processor, question, question_first)
+        blank = self._video_prompt_ids(processor, "", question_first)
+        side = 0 if question_first else 1
+        span = changed_span((prefix, suffix)[side], blank[side])
+        return VideoPrompt(prefix, suffix, span, question_first)
+
+    def _video_prompt_ids(
+        self, processor: Any, question: str, question_first: bool
+    ) -> tuple[list[int], list[int]]:
+        parts = [{"type": "video"}, {"type": "text", "text": question}]
+        messages = [{"role": "user", "content": parts[::-1] if question_first else parts}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # As the processor itself rewrites it around the placeholder (Qwen3-VL, 5.25 on).
+        text = self.video_prompt_text(processor, text)
+        ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if ids.count(self.video_token_id) != 1:
+            raise UnsupportedModelError(
+                "the processor's chat template does not render exactly one video placeholder; "
+                "use a video-capable model and processor"
+            )
+        cut = ids.index(self.video_token_id)
+        return ids[:cut], ids[cut + 1 :]
 
     def video_prompt_text(self, processor: Any, text: str) -> str:
         """The chat-formatted ``text`` of a streamed video's prompt with its placeholder as the
