@@ -1,4 +1,5 @@
-"""Policies scored by learned retention gates: entry i at step t scores log β_i · (t − i).
+"""Policies scored by learned retention gates: entry i scores log β_i · (t − i), t the position
+of the next query.
 
 The gate rates each entry once, when it is created; its score then decays linearly in log space
 with its age. Both policies take ``gates``: a `RetentionGates`, a directory written by
@@ -23,7 +24,8 @@ from .base import LayerView, RetentionPolicy, register
 
 @dataclass
 class GatedRetention(RetentionPolicy):
-    """Score log β_i · (t − i), with log β from the layer's gate and t the latest position."""
+    """Score log β_i · (t − i), with log β from the layer's gate and t the next query's position
+    (plus the gates' ``distance_offset``)."""
 
     # Every score is a log survival probability, one quantity on one scale for every head.
     comparable = True
