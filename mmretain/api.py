@@ -128,8 +128,9 @@ class RetainedVLM:
     ) -> Answer:
         """Generate on ``session`` with ``span`` of ``inputs`` protected as the question."""
         reply = session.generate(inputs, config, span)
-        text = self.tokenizer.decode(reply.tokens, skip_special_tokens=True).strip()
-        return Answer(text, session.cache.stats, tokens=reply.tokens, logits=reply.logits, **fields)
+        return Answer(
+            reply.text, session.cache.stats, tokens=reply.tokens, logits=reply.logits, **fields
+        )
 
     # -- chat ----------------------------------------------------------------------------------
     def chat(
@@ -172,7 +173,7 @@ class RetainedVLM:
         if session is not None:
             continuation = self._continuation(messages, ids, len(images), render, config)
         if continuation is None:
-            fresh = Session(self.run)
+            fresh = Session(self.run, self.tokenizer)
             if session is not None:
                 fresh.cache.replaces(session.cache)
             session, self._chat_images, continuation = fresh, 0, (0, [])
@@ -375,7 +376,7 @@ class RetainedVLM:
             self.run.adapter.video_prompt(self.processor, q, question_first=question_first)
             for q in questions
         ]
-        context = Session(self.run)
+        context = Session(self.run, self.tokenizer)
         on_chunk = None
         if frame_relevance is not None:
             from .relevance import marking

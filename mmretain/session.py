@@ -9,9 +9,10 @@ media) or precomputed embeddings (video chunks), and answers with the model's ow
 Use it inside `mmretain.retain` (or a `RetainedVLM` call)::
 
     with mmretain.retain(model, cfg) as run:
-        session = Session(run)
+        session = Session(run, processor.tokenizer)
         stream_video(session, processor, mmretain.media.Video("clip.mp4"), prefix_ids)
         reply = session.generate({"input_ids": question_ids}, GenerationConfig(max_new_tokens=32))
+        print(reply.text)
         # or model.generate(**session.generate_inputs(question_ids), max_new_tokens=32)
 """
 
@@ -58,13 +59,18 @@ class Generation:
 
     tokens: list[int]  # the new tokens, an end-of-sequence token included
     logits: tuple[torch.Tensor, ...] | None = None  # per step [1, vocab], when asked for
+    # The tokens as text, special tokens left out: with a session given a tokenizer.
+    text: str | None = None
 
 
 class Session:
     """A growing context under a retention run: prefill, generate, snapshot."""
 
-    def __init__(self, run: RetentionRun):
+    def __init__(self, run: RetentionRun, tokenizer: Any = None):
+        """A new context on a fresh cache of ``run``; with ``tokenizer`` (the processor's), each
+        `generate` also gives its reply as text."""
         self.run = run
+        self.tokenizer = tokenizer
         self.model = run.model
         self.adapter = run.adapter
         self.cache: RetentionCache = run.new_cache()
@@ -205,7 +211,10 @@ class Session:
         added = self.cache.get_seq_length() - before
         self.ids.extend((tail[0].tolist() + tokens)[:added])
         self.layout.token_types.append(torch.full((added,), TEXT_TYPE, dtype=torch.long))
-        return Generation(tokens, out.logits)
+        text = None
+        if self.tokenizer is not None:
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        return Generation(tokens, out.logits, text)
 
     def _announce(self, n: int, question: tuple[int, int] | None) -> None:
         """The next ``n`` tokens join the prompt a fraction budget is taken of, and their span

@@ -31,6 +31,9 @@ def test_the_readme_python_blocks_run_as_pasted_without_a_warning(tmp_path, monk
     assert namespace["reply"].stats.restarts == 0
     assert len(namespace["answers"]) == 2
     # A snapshot of the compressed video answers as the session itself did.
-    again = namespace["again"].tokens
-    assert again == namespace["out"][0, -len(again) :].tolist()
+    again = namespace["again"]
+    assert again.tokens == namespace["out"][0, -len(again.tokens) :].tolist()
+    processor = namespace["processor"]
+    assert again.text == processor.decode(again.tokens, skip_special_tokens=True).strip()
+    assert again.text in printed
     assert namespace["answer"].frames == 1024
