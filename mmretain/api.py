@@ -155,11 +155,10 @@ class RetainedVLM:
             self.run.adapter.check_frame_size(image.width, image.height, part["image"])
 
         def render(conversation: Messages, reply_next: bool = True) -> dict[str, torch.Tensor]:
-            text = self.processor.apply_chat_template(
-                conversation, add_generation_prompt=reply_next, tokenize=False
-            )
             shown = images[: len(_contents(conversation, "image"))]
-            return self.processor(text=[text], images=shown or None, return_tensors="pt")
+            return self.run.adapter.chat_inputs(
+                self.processor, conversation, shown, reply_next=reply_next
+            )
 
         full = render(messages)
         ids = full["input_ids"][0].tolist()

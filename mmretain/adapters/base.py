@@ -172,6 +172,17 @@ class Adapter:
         side = math.isqrt(max(tokens // max(frames, 1), 1))
         return side, side
 
+    def chat_inputs(
+        self, processor: Any, messages: list[dict[str, Any]], images: list, *, reply_next=True
+    ) -> dict[str, torch.Tensor]:
+        """The processor's inputs for a conversation (its chat template applied, ``images`` the
+        loaded images its messages show, in order), ending in the assistant's turn to reply
+        unless ``reply_next`` is False."""
+        text = processor.apply_chat_template(
+            messages, add_generation_prompt=reply_next, tokenize=False
+        )
+        return processor(text=[text], images=images or None, return_tensors="pt")
+
     def video_prompt(
         self, processor: Any, question: str, *, question_first: bool = False
     ) -> VideoPrompt:

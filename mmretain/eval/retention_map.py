@@ -39,12 +39,8 @@ def kept_fraction(cache: RetentionCache) -> torch.Tensor:
 
 def image_grid(vlm: Any, sample: EvalSample) -> np.ndarray:
     """Kept fraction per patch [rows, cols] of the sample's first image, after `vlm.chat`."""
-    processor = vlm.processor
-    text = processor.apply_chat_template(
-        sample.messages, add_generation_prompt=True, tokenize=False
-    )
     images = [media.load_image(image) for image in sample.images]
-    inputs = processor(text=[text], images=images, return_tensors="pt")
+    inputs = vlm.run.adapter.chat_inputs(vlm.processor, sample.messages, images)
     tags = vlm.run.adapter.tags(inputs["input_ids"], inputs)[0]
     where = (tags.modality == int(Modality.IMAGE)) & (tags.media == 0)
     rows, cols = tags.row[where], tags.col[where]
@@ -62,11 +58,8 @@ def video_grid(vlm: Any, sample: EvalSample) -> np.ndarray:
     first = next(video.chunks(adapter.round_chunk_frames(2)))
     chunk = adapter.process_video_chunk(vlm.processor, first)
     rows, cols = adapter.video_token_grid(chunk, count, len(video))
-    # The video's tokens follow the chat template's text before the video placeholder.
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "?"}]}]
-    text = vlm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    ids = vlm.tokenizer(text, add_special_tokens=False)["input_ids"]
-    offset = ids.index(adapter.video_token_id)
+    # The video's tokens follow the prompt's text before the video.
+    offset = len(adapter.video_prompt(vlm.processor, sample.prompt).prefix)
     index = torch.arange(count // (rows * cols) * rows * cols)
     return _grid(
         kept_fraction(vlm.run.cache),
