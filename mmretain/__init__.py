@@ -30,6 +30,7 @@ _EXPORTS = {
     "UnknownPolicyError": "errors",
     "UnsupportedModelError": "errors",
     "VideoProgress": "streaming",
+    "VideoPrompt": "adapters.base",
     "allocate": "budget",
     "load": "api",
     "retain": "engine",
@@ -37,6 +38,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from .adapters.base import VideoPrompt
     from .api import Answer, RetainedVLM, load
     from .budget import Budget, allocate
     from .cache import RetentionCache, RetentionStats

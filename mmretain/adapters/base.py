@@ -173,7 +173,12 @@ class Adapter:
         return side, side
 
     def chat_inputs(
-        self, processor: Any, messages: list[dict[str, Any]], images: list, *, reply_next=True
+        self,
+        processor: Any,
+        messages: list[dict[str, Any]],
+        images: list,
+        *,
+        reply_next: bool = True,
     ) -> dict[str, torch.Tensor]:
         """The processor's inputs for a conversation (its chat template applied, ``images`` the
         loaded images its messages show, in order), ending in the assistant's turn to reply
