@@ -67,15 +67,24 @@ def main() -> None:
             out=out,
             width=args.width,
         )
+        rows = []
         # At 10% of a 78-token prompt the question's 8 tokens do not fit in half of the budget,
-        # so every policy alike keeps only its last ones: said once here, not once per policy.
-        warnings.filterwarnings("ignore", category=BudgetWarning)
-        print("(at this budget the question is protected in part: its last tokens)")
+        # so every policy alike keeps only its last ones: said once, before the table.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", BudgetWarning)
+            for policy, options in (("full", {}), ("snapkv", {}), ("global", {"gates": out})):
+                budget = 1.0 if policy == "full" else args.eval_budget
+                vlm = mmretain.load(model, policy=policy, budget=budget, policy_kwargs=options)
+                rows.append((policy, *accuracy(vlm, "video-needle@32", args.samples)))
+        for w in caught:  # any other warning is shown as it would have been
+            if not issubclass(w.category, BudgetWarning):
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        if any(issubclass(w.category, BudgetWarning) for w in caught):
+            print("(at this budget the question is protected in part: its last tokens)")
+        else:
+            print()
         print(f"{'policy':<10} {'accuracy':>9} {'KV kept':>8}")
-        for policy, options in (("full", {}), ("snapkv", {}), ("global", {"gates": out})):
-            budget = 1.0 if policy == "full" else args.eval_budget
-            vlm = mmretain.load(model, policy=policy, budget=budget, policy_kwargs=options)
-            score, held = accuracy(vlm, "video-needle@32", args.samples)
+        for policy, score, held in rows:
             print(f"{policy:<10} {score:>9.1%} {held:>8.1%}")
 
 

@@ -11,7 +11,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from .command import ArgumentParser, kv_budget, real, run_command, whole
+from .command import (
+    ArgumentParser,
+    add_retention_arguments,
+    kv_budget,
+    real,
+    run_command,
+    whole,
+)
 from .defaults import AUTO, DEFAULT_BUDGET, DEFAULT_MODEL, MAX_PRIOR, POLICY_NAMES
 from .errors import UsageError
 
@@ -55,18 +62,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help=f"KV budget: tokens (1024), a fraction of the prompt (0.1) or bytes (512MiB); "
         f"default {DEFAULT_BUDGET}",
     )
-    parser.add_argument(
-        "--allocation",
-        default=None,
-        choices=("global", "layer", "uniform"),
-        help="default: the policy's own (global; uniform for trimkv)",
-    )
-    parser.add_argument(
-        "--sink", type=whole(0), default=0, help="first tokens protected (default 0)"
-    )
-    parser.add_argument(
-        "--recent", type=whole(0), default=0, help="last tokens protected (default 0)"
-    )
+    add_retention_arguments(parser)
     parser.add_argument(
         "--max-new-tokens", type=whole(1), default=64, help="longest reply (default 64)"
     )

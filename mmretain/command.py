@@ -33,7 +33,8 @@ class HelpWithDefaults(argparse.HelpFormatter):
         if (
             not action.option_strings
             or "default" in text
-            or action.default in (None, False, argparse.SUPPRESS)
+            # By identity: 0 == False, and a default of 0 is worth showing.
+            or any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS))
         ):
             return text
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"
@@ -62,6 +63,20 @@ class ArgumentParser(argparse.ArgumentParser):
             return super().parse_known_args(args, namespace)
         except KeyboardInterrupt:
             self.exit(130, f"{self.prog}: interrupted\n")
+
+
+def add_retention_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that shape what a budget keeps, as every command that runs a policy takes
+    them: ``--allocation``, ``--sink``, ``--recent``."""
+    parser.add_argument(
+        "--allocation",
+        default=None,
+        choices=("global", "layer", "uniform"),
+        help="who competes for the budget (default: the policy's own: global; uniform for "
+        "trimkv; what learned gates name)",
+    )
+    parser.add_argument("--sink", type=whole(0), default=0, help="first tokens protected")
+    parser.add_argument("--recent", type=whole(0), default=0, help="last tokens protected")
 
 
 def whole(low: int = 1, high: int = MAX_COUNT) -> Callable[[str], int]:

@@ -400,25 +400,25 @@ class RelevancePrior(RetentionPolicy):
             scores = [[_quantile(s.float()) for s in layer] for layer in scores]
         flat = torch.cat([s.float() for layer in scores for s in layer], dim=1)
         quantile = _quantile(flat)
+        # Every layer of one ranking reads the same sequence's marks: a trailing 0 is what
+        # positions never marked (text, or beyond the video) read.
+        marks = views[0].relevance if views[0].relevance is not None else torch.zeros(0)
+        table = torch.cat([marks, torch.zeros(1)]).to(flat.device)
         out, at = [], 0
         for layer, view in zip(scores, views, strict=True):
             row = []
             for s, positions, modality in zip(layer, view.positions, view.modality, strict=True):
                 n = s.shape[1]
-                lift = _relevance(view.relevance, positions, modality)
+                lift = _relevance(table, positions, modality)
                 row.append(quantile[:, at : at + n] + self.weight * lift)
                 at += n
             out.append(row)
         return out
 
 
-def _relevance(
-    table: torch.Tensor | None, positions: torch.Tensor, modality: torch.Tensor
-) -> torch.Tensor:
-    """Relevance [b, L] of entries at ``positions``: their frame's for video, else 0."""
-    marks = torch.zeros(0) if table is None else table
-    table = torch.cat([marks, torch.zeros(1)]).to(positions.device)
-    # Positions never marked (text, or beyond the video) read the trailing zero.
+def _relevance(table: torch.Tensor, positions: torch.Tensor, modality: torch.Tensor):
+    """Relevance [b, L] of entries at ``positions``: their frame's for video, else 0; ``table``
+    holds each position's mark and a trailing 0."""
     index = torch.where((positions >= 0) & (positions < table.numel() - 1), positions.long(), -1)
     return torch.where(modality == int(Modality.VIDEO), table[index], 0.0)
 

@@ -14,7 +14,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..command import ArgumentParser, real, run_command, whole
+from ..command import ArgumentParser, add_retention_arguments, real, run_command, whole
 from ..defaults import DEFAULT_MODEL, POLICY_NAMES
 from .tasks import SUITES
 
@@ -66,18 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="default: each task's own (lmms-eval's)",
     )
-    parser.add_argument(
-        "--allocation",
-        choices=("global", "layer", "uniform"),
-        default=None,
-        help="who competes for the budget (default: the policy's own)",
-    )
-    parser.add_argument(
-        "--sink", type=whole(0), default=0, help="first tokens protected (default 0)"
-    )
-    parser.add_argument(
-        "--recent", type=whole(0), default=0, help="last tokens protected (default 0)"
-    )
+    add_retention_arguments(parser)
     parser.add_argument(
         "--chunk-tokens",
         type=whole(1),

@@ -17,6 +17,7 @@ import json
 import math
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -178,9 +179,16 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _of_full(results: list[CellResult]) -> Callable[[CellResult], float | None]:
+    """A cell's score as a percentage of its task's full-cache score among ``results`` (None
+    without one)."""
+    full = {r.task: r.score for r in results if r.policy == FULL}
+    return lambda r: _percent(r.score, full[r.task]) if r.task in full else None
+
+
 def terminal_table(results: list[CellResult]) -> str:
     """The cells' headline figures as aligned plain text, for the end of a run."""
-    full = {r.task: r.score for r in results if r.policy == FULL}
+    of_full = _of_full(results)
     header = ("task", "policy", "budget", "score", "% of full", "KV held %", "samples")
     rows = [
         (
@@ -188,7 +196,7 @@ def terminal_table(results: list[CellResult]) -> str:
             r.policy,
             r.budget or "—",
             _fmt(r.score) + (" ▼" if r.below_smaller_budget else ""),
-            _fmt(_percent(r.score, full[r.task]) if r.task in full else None),
+            _fmt(of_full(r)),
             _fmt(r.kv_percent),
             str(r.samples),
         )
@@ -206,7 +214,7 @@ def terminal_table(results: list[CellResult]) -> str:
 
 def markdown(results: list[CellResult], out: Path) -> str:
     """A table per suite (score, % of full, KV memory per cell), then each task's details."""
-    full = {r.task: r.score for r in results if r.policy == FULL}
+    of_full = _of_full(results)
     lines = ["# Evaluation under a KV-cache budget", ""]
     settings = out / "run.json"
     if settings.is_file():
@@ -239,11 +247,10 @@ def markdown(results: list[CellResult], out: Path) -> str:
             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
-            relative = _percent(r.score, full[r.task]) if r.task in full else None
             flag = f" ▼ below {r.below_smaller_budget}" if r.below_smaller_budget else ""
             lines.append(
                 f"| {r.task} | {r.metric} | {r.policy} | {r.budget or '—'} | {_fmt(r.score)}"
-                f"{flag} | {_fmt(relative)} | {_fmt(r.kv_percent)} | {_fmt(r.kv_peak_percent)} "
+                f"{flag} | {_fmt(of_full(r))} | {_fmt(r.kv_percent)} | {_fmt(r.kv_peak_percent)} "
                 f"| {r.samples} | {r.unparsed} | {r.errors} | {r.restarts} | {r.seconds:.2f} |"
             )
     for task, rows in _by_task(results).items():

@@ -33,8 +33,6 @@ class GatedRetention(RetentionPolicy):
     shipped_folder: ClassVar[str] = ""
     needs_tied: ClassVar[bool] = False
     _gates: RetentionGates | None = field(default=None, init=False, repr=False)
-    # Steps added to an entry's age: what the code that trained the bound gates counted.
-    _distance_offset: int = field(default=0, init=False, repr=False)
 
     def bind(self, model: nn.Module) -> None:
         gates = self.gates
@@ -50,7 +48,6 @@ class GatedRetention(RetentionPolicy):
                 "with allocation='uniform', or train tied gates with `mmretain train-gates --tied`"
             )
         self._gates = gates.to(next(model.parameters()).device).eval()
-        self._distance_offset = gates.config.distance_offset
         if gates.config.allocation is not None:
             # Chosen for these gates on held-out samples; a config's own allocation still wins.
             self.preferred_allocation = gates.config.allocation
@@ -85,7 +82,9 @@ class GatedRetention(RetentionPolicy):
     def score(self, view: LayerView) -> list[torch.Tensor]:
         # What an entry is worth to the queries still to come, the next one at position
         # ``tokens_seen``: an entry its gate forgets at once is worth nothing to them, however new.
-        upcoming = view.tokens_seen + self._distance_offset
+        # Gates record how the code that trained them counted an entry's age.
+        offset = self._gates.config.distance_offset if self._gates is not None else 0
+        upcoming = view.tokens_seen + offset
         return [
             log_beta * (upcoming - positions).clamp_min(1).to(log_beta.dtype)
             for log_beta, positions in zip(view.state, view.positions, strict=True)
